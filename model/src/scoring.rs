@@ -1,0 +1,126 @@
+//! The model's own scoring rule as inner products (see `docs/model-contract.md`).
+//!
+//! Stored vector of a proposal: `v = [scale_l · e ; bias_l]`; query vector of a text:
+//! `q = [t̂ ; 1]`; then `<q, v>` is the model's logit and `activation(<q, v>)` its probability.
+
+use crate::manifest::{Activation, ScoringSpec};
+
+/// The scoring rule of one model.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Scoring {
+    spec: ScoringSpec,
+}
+
+impl Scoring {
+    /// Wraps the manifest's scoring spec.
+    pub fn new(spec: &ScoringSpec) -> Self {
+        Scoring { spec: spec.clone() }
+    }
+
+    /// Number of scoring levels.
+    pub fn levels(&self) -> usize {
+        self.spec.levels.len()
+    }
+
+    /// Default probability threshold for showing hits.
+    pub fn default_threshold(&self) -> f32 {
+        self.spec.default_threshold
+    }
+
+    /// The vector stored for a proposal with embedding `embedding` at `level` (`D + 1` floats).
+    /// Levels out of range are clamped to the last level.
+    pub fn stored_vector(&self, embedding: &[f32], level: usize) -> Vec<f32> {
+        let l = &self.spec.levels[level.min(self.spec.levels.len() - 1)];
+        let mut v = Vec::with_capacity(embedding.len() + 1);
+        v.extend(embedding.iter().map(|x| x * l.scale));
+        v.push(l.bias);
+        v
+    }
+
+    /// The query vector of a (normalised) text embedding (`D + 1` floats).
+    pub fn query_vector(&self, text_embedding: &[f32]) -> Vec<f32> {
+        let mut q = Vec::with_capacity(text_embedding.len() + 1);
+        q.extend_from_slice(text_embedding);
+        q.push(1.0);
+        q
+    }
+
+    /// The model's logit of a query against a stored vector.
+    pub fn logit(&self, query: &[f32], stored: &[f32]) -> f32 {
+        dot(query, stored)
+    }
+
+    /// Turns a logit into the probability shown to users.
+    pub fn probability(&self, logit: f32) -> f32 {
+        match self.spec.activation {
+            Activation::Sigmoid => 1.0 / (1.0 + (-logit).exp()),
+            Activation::Identity => logit,
+        }
+    }
+
+    /// The logit at which the probability equals `p` (inverse of [`Scoring::probability`]).
+    pub fn logit_of_probability(&self, p: f32) -> f32 {
+        match self.spec.activation {
+            Activation::Sigmoid => {
+                let p = p.clamp(1e-7, 1.0 - 1e-7);
+                (p / (1.0 - p)).ln()
+            }
+            Activation::Identity => p,
+        }
+    }
+
+    /// Probability of a query against a stored vector.
+    pub fn score(&self, query: &[f32], stored: &[f32]) -> f32 {
+        self.probability(self.logit(query, stored))
+    }
+}
+
+/// Inner product of two equal-length slices.
+pub fn dot(a: &[f32], b: &[f32]) -> f32 {
+    a.iter().zip(b).map(|(x, y)| x * y).sum()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::manifest::LevelScoring;
+
+    fn wedetect_like() -> Scoring {
+        let levels = [(0.0609, -12.315), (0.1997, -10.934), (0.2794, -9.574)]
+            .iter()
+            .map(|&(scale, bias)| LevelScoring {
+                stride: None,
+                scale,
+                bias,
+            })
+            .collect();
+        Scoring::new(&ScoringSpec {
+            activation: Activation::Sigmoid,
+            levels,
+            default_threshold: 0.2,
+        })
+    }
+
+    #[test]
+    fn inner_product_of_stored_and_query_is_the_wedetect_logit() {
+        let s = wedetect_like();
+        let e = [30.0f32, -12.0, 55.0, 4.0];
+        let norm = (0.5f32 * 0.5 + 0.5 * 0.5 + 0.7 * 0.7 + 0.1 * 0.1).sqrt();
+        let t: Vec<f32> = [0.5f32, 0.5, 0.7, 0.1].iter().map(|x| x / norm).collect();
+        for level in 0..3 {
+            let (scale, bias) = [(0.0609, -12.315), (0.1997, -10.934), (0.2794, -9.574)][level];
+            let expected = 1.0 / (1.0 + (-(scale * dot(&e, &t) + bias)).exp());
+            let v = s.stored_vector(&e, level);
+            let q = s.query_vector(&t);
+            assert!((s.score(&q, &v) - expected).abs() < 1e-6);
+        }
+    }
+
+    #[test]
+    fn logit_of_probability_inverts_probability() {
+        let s = wedetect_like();
+        for p in [0.01f32, 0.2, 0.5, 0.9] {
+            assert!((s.probability(s.logit_of_probability(p)) - p).abs() < 1e-5);
+        }
+    }
+}

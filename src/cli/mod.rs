@@ -1,0 +1,85 @@
+//! The `spotter` command line: argument definitions and dispatch.
+
+pub mod detect;
+pub mod models;
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+use spotter_model::{Device, ModelPackage, RuntimeOptions};
+
+use crate::error::Result;
+
+/// Spotter finds objects in image archives by text.
+///
+/// Typical use: `spotter detect photo.jpg --text "cat,car"` to try a model on one image;
+/// `spotter models` to see which model packages are installed.
+#[derive(Debug, Parser)]
+#[command(name = "spotter", version, about, long_about = None, propagate_version = true)]
+pub struct Cli {
+    /// Log more (-v: debug, -vv: trace). RUST_LOG overrides.
+    #[arg(short, long, action = clap::ArgAction::Count, global = true)]
+    pub verbose: u8,
+    /// The command to run.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Spotter's commands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Detect and score objects in one image against texts (the model demo).
+    ///
+    /// Every proposal of the image is scored against each comma-separated text with the
+    /// model's own rule; proposals whose best score passes --threshold are printed (and drawn
+    /// with --out).
+    Detect(detect::DetectArgs),
+    /// List installed model packages and their manifests.
+    Models(models::ModelsArgs),
+}
+
+/// Options shared by every command that loads a model.
+#[derive(Debug, Clone, Args)]
+pub struct ModelArgs {
+    /// Model package: a name inside a models folder, or a path to a package folder.
+    #[arg(long, default_value = "starter", env = "SPOTTER_MODEL")]
+    pub model: String,
+    /// Extra folder to search for model packages (default: exported_onnx/ and $SPOTTER_MODELS).
+    #[arg(long, value_name = "DIR")]
+    pub models_dir: Option<PathBuf>,
+    /// Execution provider: auto (CUDA if it works, else CPU), cpu or cuda.
+    #[arg(long, default_value = "auto", env = "SPOTTER_DEVICE")]
+    pub device: Device,
+    /// ONNX Runtime threads per graph (default: all cores).
+    #[arg(long)]
+    pub threads: Option<usize>,
+}
+
+impl ModelArgs {
+    /// Folders searched for packages, the explicit one first.
+    pub fn search_dirs(&self) -> Vec<PathBuf> {
+        let mut dirs: Vec<PathBuf> = self.models_dir.iter().cloned().collect();
+        dirs.extend(spotter_model::default_model_dirs());
+        dirs
+    }
+
+    /// Opens the selected package.
+    pub fn package(&self) -> Result<ModelPackage> {
+        Ok(ModelPackage::find(&self.model, &self.search_dirs())?)
+    }
+
+    /// Runtime options from the flags.
+    pub fn runtime(&self) -> RuntimeOptions {
+        RuntimeOptions::default()
+            .with_device(self.device)
+            .with_intra_threads(self.threads)
+    }
+}
+
+/// Runs a parsed command line.
+pub fn run(cli: Cli) -> Result<()> {
+    match cli.command {
+        Command::Detect(args) => detect::run(&args),
+        Command::Models(args) => models::run(&args),
+    }
+}

@@ -1,0 +1,31 @@
+//! The one error type of the `spotter` crate (CLI and, later, the server).
+
+/// Errors surfaced to users of the `spotter` binary.
+#[derive(Debug, thiserror::Error)]
+pub enum SpotterError {
+    /// The model layer failed.
+    #[error(transparent)]
+    Model(#[from] spotter_model::ModelError),
+    /// A file could not be read or written.
+    #[error("{path}: {source}")]
+    Io {
+        /// The file.
+        path: std::path::PathBuf,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// Bad command-line input.
+    #[error("{0}")]
+    Usage(String),
+    /// An image could not be encoded.
+    #[error("cannot write image {path}: {message}")]
+    Encode {
+        /// The output file.
+        path: std::path::PathBuf,
+        /// The encoder's message.
+        message: String,
+    },
+}
+
+/// Result alias of the `spotter` crate.
+pub type Result<T, E = SpotterError> = std::result::Result<T, E>;
