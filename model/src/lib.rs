@@ -25,6 +25,7 @@ pub mod image_tower;
 pub mod manifest;
 pub mod postprocess;
 pub mod preprocess;
+pub mod resize;
 pub mod runtime;
 pub mod scoring;
 pub mod text_tower;

@@ -4,11 +4,11 @@
 use std::io::Cursor;
 use std::path::Path;
 
-use fast_image_resize as fr;
 use image::{DynamicImage, ImageDecoder, ImageReader, RgbImage};
 
 use crate::error::{ModelError, Result};
-use crate::manifest::{ChannelOrder, ImageSpec, Layout, ResizeFilter};
+use crate::manifest::{ChannelOrder, ImageSpec, Layout};
+use crate::resize::resize_rgb;
 
 /// Default maximum pixels per image (width × height) accepted by the decoder.
 pub const DEFAULT_MAX_PIXELS: u64 = 100_000_000;
@@ -106,13 +106,14 @@ pub struct Letterbox {
 impl Letterbox {
     /// Computes the letterbox of a `width × height` image into `spec.input_size`.
     ///
-    /// `scale = min(H/h, W/w)`, resized size `round(w·scale) × round(h·scale)` (at least 1 px),
+    /// `scale = min(H/h, W/w)`, resized size `round(w·scale) × round(h·scale)` (ties to even, as
+    /// Python's `round`; at least 1 px),
     /// centred padding `(W − nw) / 2` (integer division) when `spec.letterbox.centered`.
     pub fn new(width: u32, height: u32, spec: &ImageSpec) -> Self {
         let [in_h, in_w] = spec.input_size;
         let scale = (f64::from(in_h) / f64::from(height)).min(f64::from(in_w) / f64::from(width));
-        let resized_width = ((f64::from(width) * scale).round() as u32).clamp(1, in_w);
-        let resized_height = ((f64::from(height) * scale).round() as u32).clamp(1, in_h);
+        let resized_width = ((f64::from(width) * scale).round_ties_even() as u32).clamp(1, in_w);
+        let resized_height = ((f64::from(height) * scale).round_ties_even() as u32).clamp(1, in_h);
         let (pad_left, pad_top) = if spec.letterbox.centered {
             ((in_w - resized_width) / 2, (in_h - resized_height) / 2)
         } else {
@@ -146,7 +147,6 @@ pub struct Preprocessor {
     spec: ImageSpec,
     /// Lookup table from 0..255 to the normalised value, per graph channel.
     lut: [[f32; 256]; 3],
-    resizer: fr::Resizer,
 }
 
 impl Preprocessor {
@@ -161,7 +161,6 @@ impl Preprocessor {
         Preprocessor {
             spec: spec.clone(),
             lut,
-            resizer: fr::Resizer::new(),
         }
     }
 
@@ -172,7 +171,7 @@ impl Preprocessor {
     }
 
     /// Letterboxes `image` and writes its normalised pixels into `out` (`tensor_len()` floats).
-    pub fn letterbox_into(&mut self, image: &RgbImage, out: &mut [f32]) -> Result<Letterbox> {
+    pub fn letterbox_into(&self, image: &RgbImage, out: &mut [f32]) -> Result<Letterbox> {
         if out.len() != self.tensor_len() {
             return Err(ModelError::Invalid(format!(
                 "tensor slice has {} floats, expected {}",
@@ -181,7 +180,7 @@ impl Preprocessor {
             )));
         }
         let lb = Letterbox::new(image.width(), image.height(), &self.spec);
-        let resized = self.resize(image, lb.resized_width, lb.resized_height)?;
+        let resized = self.resize(image, lb.resized_width, lb.resized_height);
         let [in_h, in_w] = self.spec.input_size;
         let (in_h, in_w) = (in_h as usize, in_w as usize);
         let plane = in_h * in_w;
@@ -223,32 +222,15 @@ impl Preprocessor {
     }
 
     fn resize<'a>(
-        &mut self,
+        &self,
         image: &'a RgbImage,
         width: u32,
         height: u32,
-    ) -> Result<std::borrow::Cow<'a, [u8]>> {
+    ) -> std::borrow::Cow<'a, [u8]> {
         if image.width() == width && image.height() == height {
-            return Ok(std::borrow::Cow::Borrowed(image.as_raw().as_slice()));
+            return std::borrow::Cow::Borrowed(image.as_raw().as_slice());
         }
-        let src = fr::images::ImageRef::new(
-            image.width(),
-            image.height(),
-            image.as_raw(),
-            fr::PixelType::U8x3,
-        )
-        .map_err(|e| ModelError::Invalid(format!("resize source: {e}")))?;
-        let mut dst = fr::images::Image::new(width, height, fr::PixelType::U8x3);
-        let alg = match self.spec.resize_filter {
-            ResizeFilter::Nearest => fr::ResizeAlg::Nearest,
-            ResizeFilter::Bilinear => fr::ResizeAlg::Convolution(fr::FilterType::Bilinear),
-            ResizeFilter::CatmullRom => fr::ResizeAlg::Convolution(fr::FilterType::CatmullRom),
-            ResizeFilter::Lanczos3 => fr::ResizeAlg::Convolution(fr::FilterType::Lanczos3),
-        };
-        self.resizer
-            .resize(&src, &mut dst, &fr::ResizeOptions::new().resize_alg(alg))
-            .map_err(|e| ModelError::Invalid(format!("resize: {e}")))?;
-        Ok(std::borrow::Cow::Owned(dst.into_vec()))
+        std::borrow::Cow::Owned(resize_rgb(image, width, height, self.spec.resize_filter))
     }
 }
 

@@ -19,7 +19,7 @@ Box decoding (checked empirically, see exported_onnx/README.md): anchor centre o
 at stride s is ((col+0.5)·s, (row+0.5)·s); the 44 box logits are 4 sides (left, top, right,
 bottom) × 11 bins; distance = Σ softmax(bins)·[0..10] · s.
 
-Usage: build_image_graph.py RAW_ONNX CLASS_EMB_NPY OUT_ONNX TOP_T
+Usage: build_image_graph.py RAW_ONNX CLASS_EMB_NPY OUT_ONNX [TOP_T]   (default: common.TOP_T)
 """
 from __future__ import annotations
 
@@ -30,7 +30,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from common import INPUT_SIZE, REG_MAX, STRIDES
+from common import INPUT_SIZE, REG_MAX, STRIDES, TOP_T
 
 N_CLASSES = 80
 
@@ -166,7 +166,8 @@ def build(raw_path: Path, class_emb: np.ndarray, out_path: Path, top_t: int) -> 
 
 
 if __name__ == "__main__":
-    if len(sys.argv) != 5:
+    if len(sys.argv) not in (4, 5):
         sys.exit(__doc__)
-    build(Path(sys.argv[1]), np.load(sys.argv[2]), Path(sys.argv[3]), int(sys.argv[4]))
+    top_t = int(sys.argv[4]) if len(sys.argv) == 5 else TOP_T
+    build(Path(sys.argv[1]), np.load(sys.argv[2]), Path(sys.argv[3]), top_t)
     print(f"wrote {sys.argv[3]}")

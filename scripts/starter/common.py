@@ -106,3 +106,6 @@ def test_image(name: str):
         die("scikit-image wheel not found in .cache/downloads (the build script downloads it)")
     with zipfile.ZipFile(whl) as z:
         return Image.open(io.BytesIO(z.read(f"skimage/data/{name}")))
+
+# ConSE: number of top class probabilities mixed into a proposal's embedding (see calibrate.py).
+TOP_T = 3

@@ -1,0 +1,100 @@
+//! Helpers shared by the end-to-end tests: locating the repository, its set-up products and the
+//! Python reference tools. Missing set-up is a test failure with the fix in the message, never a
+//! silent skip.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+/// The repository root.
+pub fn repo_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// A model package built by `scripts/setup.sh`.
+pub fn package_dir(name: &str) -> PathBuf {
+    let dir = repo_root().join("exported_onnx").join(name);
+    assert!(
+        dir.join("model.json").is_file(),
+        "model package {} is missing: run scripts/setup.sh first",
+        dir.display()
+    );
+    dir
+}
+
+/// The sample photos fetched by `scripts/setup.sh`.
+pub fn sample(name: &str) -> PathBuf {
+    let path = repo_root().join("data/samples").join(name);
+    assert!(
+        path.is_file(),
+        "{} is missing: run scripts/setup.sh first",
+        path.display()
+    );
+    path
+}
+
+/// The project's Python (with numpy, onnxruntime, Pillow, tokenizers).
+pub fn python() -> PathBuf {
+    let py = repo_root().join(".venv/bin/python");
+    assert!(
+        py.is_file(),
+        "{} is missing: run scripts/setup.sh first",
+        py.display()
+    );
+    py
+}
+
+/// A fresh scratch folder under target/ for one test.
+pub fn scratch(test: &str) -> PathBuf {
+    let dir = repo_root().join("target/test-scratch").join(test);
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("create scratch dir");
+    dir
+}
+
+/// Runs a Python script of `scripts/` and panics with its output when it fails.
+pub fn run_python(script: &str, args: &[&str]) {
+    let out = Command::new(python())
+        .arg(repo_root().join("scripts").join(script))
+        .args(args)
+        .output()
+        .expect("spawn python");
+    assert!(
+        out.status.success(),
+        "{script} failed:\n{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Reads a JSON file.
+pub fn read_json(path: &Path) -> serde_json::Value {
+    let text = std::fs::read_to_string(path).expect("read json");
+    serde_json::from_str(&text).expect("parse json")
+}
+
+/// The built `spotter` binary.
+pub fn spotter() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_spotter"))
+}
+
+/// Cosine similarity.
+pub fn cosine(a: &[f32], b: &[f32]) -> f64 {
+    let dot: f64 = a
+        .iter()
+        .zip(b)
+        .map(|(x, y)| f64::from(*x) * f64::from(*y))
+        .sum();
+    let na: f64 = a.iter().map(|x| f64::from(*x).powi(2)).sum::<f64>().sqrt();
+    let nb: f64 = b.iter().map(|x| f64::from(*x).powi(2)).sum::<f64>().sqrt();
+    dot / (na * nb).max(1e-30)
+}
+
+/// A JSON array of numbers as f32.
+pub fn floats(v: &serde_json::Value) -> Vec<f32> {
+    v.as_array()
+        .expect("array")
+        .iter()
+        .map(|x| x.as_f64().expect("number") as f32)
+        .collect()
+}
