@@ -23,9 +23,11 @@ Image, for each file:
             (Python round(); Rust: f64::round_ties_even, NOT f64::round)
        resized = img.resize((nw, nh), FILTER) with FILTER from resize_filter: nearest -> NEAREST,
             bilinear -> BILINEAR, catmull_rom -> BICUBIC (Pillow's cubic is a = -0.5, i.e.
-            Catmull-Rom), lanczos3 -> LANCZOS. Pillow's BILINEAR/BICUBIC/LANCZOS are separable
-            convolutions whose support widens when downscaling (antialiased), horizontal pass
-            first, 8-bit intermediate; skipped when (nw, nh) == (w, h).
+            Catmull-Rom), lanczos3 -> LANCZOS; skipped when (nw, nh) == (w, h). Pillow's
+            BILINEAR/BICUBIC/LANCZOS are separable convolutions whose support widens when
+            downscaling (antialiased), horizontal pass first, uint8 between the passes, 22-bit
+            fixed-point weights: spec_resize() below writes the algorithm out exactly
+            (`--self-test-resize` checks it against Pillow).
        canvas W x H filled with pad_value in every channel; centred: left = (W - nw) // 2,
             top = (H - nh) // 2 (odd pixel right/bottom); not centred: left = top = 0.
   3. float32 HWC array of the uint8 canvas -> channel order (BGR reverses RGB) ->
@@ -62,12 +64,14 @@ Output JSON (floats are the exact float32 values where the model produced them):
 """
 import argparse
 import json
+import math
 import os
 import sys
 
 import numpy as np
 import onnxruntime as ort
 from PIL import Image, ImageOps
+from PIL import __version__ as PIL_VERSION
 from tokenizers import Tokenizer
 
 FILTERS = {
@@ -151,6 +155,126 @@ def run_image_graph(session, manifest, tensor):
 
 
 # ------------------------------------------------------------------------------------------
+# Pillow's resize, written out (the algorithm the engine must port to be bit-exact)
+# ------------------------------------------------------------------------------------------
+# Pillow 11.3 (libImaging/Resample.c), 8-bit images. `--self-test-resize` checks these functions
+# against Image.resize. fast_image_resize's Convolution(Bilinear) is NOT bit-exact with it (it
+# quantises the weights differently: about 10% of the channel values differ by 1).
+PRECISION_BITS = 22  # 32 - 8 - 2
+
+
+def _bilinear(x):
+    x = abs(x)
+    return 1.0 - x if x < 1.0 else 0.0
+
+
+def _bicubic(x, a=-0.5):  # Pillow's BICUBIC, i.e. Catmull-Rom
+    x = abs(x)
+    if x < 1.0:
+        return ((a + 2.0) * x - (a + 3.0)) * x * x + 1
+    if x < 2.0:
+        return (((x - 5) * x + 8) * x - 4) * a
+    return 0.0
+
+
+def _sinc(x):
+    if x == 0.0:
+        return 1.0
+    x = x * math.pi
+    return math.sin(x) / x
+
+
+def _lanczos(x):
+    return _sinc(x) * _sinc(x / 3) if -3.0 <= x < 3.0 else 0.0
+
+
+SPEC_FILTERS = {"bilinear": (_bilinear, 1.0), "catmull_rom": (_bicubic, 2.0), "lanczos3": (_lanczos, 3.0)}
+
+
+def spec_weights(in_size, out_size, filter_name):
+    """Fixed-point weights [out_size, in_size] of one pass (all arithmetic in float64).
+
+    scale = in/out; filterscale = max(scale, 1); support = filter_support * filterscale;
+    for output i: center = (i + 0.5) * scale; xmin = max(0, trunc(center - support + 0.5));
+    xmax = min(in, trunc(center + support + 0.5)); w_x = filter((x - center + 0.5) / filterscale)
+    for x in [xmin, xmax); normalise by their sum (summed in order, skipped if 0);
+    quantise: trunc(w * 2^22 + 0.5) (w >= 0) or trunc(w * 2^22 - 0.5) (w < 0).
+    """
+    filt, support0 = SPEC_FILTERS[filter_name]
+    scale = in_size / out_size
+    filterscale = max(scale, 1.0)
+    support = support0 * filterscale
+    ss = 1.0 / filterscale
+    m = np.zeros((out_size, in_size), np.int64)
+    for i in range(out_size):
+        center = (i + 0.5) * scale
+        xmin = max(int(center - support + 0.5), 0)
+        xmax = min(int(center + support + 0.5), in_size) - xmin
+        ws = [filt((x + xmin - center + 0.5) * ss) for x in range(xmax)]
+        total = 0.0
+        for v in ws:
+            total += v
+        if total != 0.0:
+            ws = [v / total for v in ws]
+        for x, v in enumerate(ws):
+            m[i, xmin + x] = int(v * (1 << PRECISION_BITS) + (0.5 if v >= 0 else -0.5))
+    return m
+
+
+def spec_pass(weights, a, axis):
+    """One pass on uint8 HWC: acc = 2^21 + sum(pixel * weight) (fits int32), then
+    clamp(acc >> 22, 0, 255) with an arithmetic (flooring) shift."""
+    a = a.astype(np.int64)
+    acc = np.einsum("ow,hwc->hoc", weights, a) if axis == 1 else np.einsum("oh,hwc->owc", weights, a)
+    return np.clip((acc + (1 << (PRECISION_BITS - 1))) >> PRECISION_BITS, 0, 255).astype(np.uint8)
+
+
+def _nearest_index(n_in, n_out):
+    step = n_in / n_out
+    pos = step * 0.5  # accumulated in float64, as Pillow does
+    out = []
+    for _ in range(n_out):
+        out.append(min(int(pos), n_in - 1))
+        pos += step
+    return np.asarray(out)
+
+
+def spec_resize(a, nw, nh, filter_name):
+    """Pillow's Image.resize((nw, nh), filter) of a uint8 HWC RGB array.
+
+    Convolution filters: horizontal pass first (only if the width changes), result rounded to
+    uint8, then the vertical pass (only if the height changes). NEAREST: source index
+    trunc(pos) with pos starting at step/2 and advanced by step = in/out (accumulated).
+    """
+    h, w = a.shape[:2]
+    if filter_name == "nearest":
+        return a[_nearest_index(h, nh)][:, _nearest_index(w, nw)]
+    if nw != w:
+        a = spec_pass(spec_weights(w, nw, filter_name), a, 1)
+    if nh != h:
+        a = spec_pass(spec_weights(h, nh, filter_name), a, 0)
+    return a
+
+
+def self_test_resize(cases=40, seed=0):
+    rng = np.random.default_rng(seed)
+    for t in range(cases):
+        w, h = (int(v) for v in rng.integers(1, 400, 2))
+        side = int(rng.choice([160, 320, 640]))
+        r = min(side / h, side / w)
+        nw, nh = max(1, int(round(w * r))), max(1, int(round(h * r)))
+        a = rng.integers(0, 256, (h, w, 3), dtype=np.uint8)
+        if t % 2:
+            a = np.sort(a, axis=1)  # smooth-ish content as well as noise
+        for name, pil in FILTERS.items():
+            want = np.asarray(Image.fromarray(a).resize((nw, nh), pil))
+            got = spec_resize(a, nw, nh, name)
+            if not np.array_equal(want, got):
+                raise AssertionError(f"{name} {w}x{h} -> {nw}x{nh}: spec differs from Pillow")
+    print(f"resize spec == Pillow {PIL_VERSION} on {cases} random cases x {len(FILTERS)} filters")
+
+
+# ------------------------------------------------------------------------------------------
 # proposals
 # ------------------------------------------------------------------------------------------
 def iou_one_to_many(box, boxes):
@@ -227,16 +351,23 @@ def embed_texts(model_dir, manifest, texts):
 # ------------------------------------------------------------------------------------------
 def main(argv=None):
     ap = argparse.ArgumentParser(description="reference model pipeline (docs/model-contract.md)")
-    ap.add_argument("--model", required=True, help="model package folder (with model.json)")
-    ap.add_argument("--images", nargs="+", required=True)
+    ap.add_argument("--self-test-resize", action="store_true",
+                    help="check the written-out resize algorithm (spec_resize) against Pillow and exit")
+    ap.add_argument("--model", help="model package folder (with model.json)")
+    ap.add_argument("--images", nargs="+")
     ap.add_argument("--texts", default="", help="comma-separated queries")
     ap.add_argument("--threshold", type=float, help="objectness threshold (default: manifest)")
     ap.add_argument("--nms-iou", type=float, help="NMS IoU (default: manifest)")
     ap.add_argument("--max-per-image", type=int, help="proposals kept per image (default: manifest)")
     ap.add_argument("--save-letterbox", metavar="DIR",
                     help="also save each letterboxed uint8 canvas as DIR/<i>.png (lossless)")
-    ap.add_argument("--out", required=True, help="JSON file to write ('-' for stdout)")
+    ap.add_argument("--out", help="JSON file to write ('-' for stdout)")
     args = ap.parse_args(argv)
+    if args.self_test_resize:
+        self_test_resize()
+        return 0
+    if not (args.model and args.images and args.out):
+        ap.error("--model, --images and --out are required")
 
     with open(os.path.join(args.model, "model.json"), encoding="utf-8") as f:
         manifest = json.load(f)

@@ -145,7 +145,7 @@ impl ImageTower {
 
     /// Convenience: letterboxes one image with a fresh preprocessor.
     pub fn prepare(&self, image: &RgbImage) -> Result<PreparedImage> {
-        let mut pre = self.preprocessor();
+        let pre = self.preprocessor();
         let mut tensor = vec![0f32; pre.tensor_len()];
         let letterbox = pre.letterbox_into(image, &mut tensor)?;
         Ok(PreparedImage { tensor, letterbox })

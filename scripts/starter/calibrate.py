@@ -74,6 +74,8 @@ def main() -> None:
     raw = WORK / "nanodet_raw.onnx"
     names = sorted({e[0] for e in EXPECTED})
     images = {n: pkg.load_image(n) for n in names}
+    print("labelled objects: cosine of the matched proposal with the class name, the lowest right query and the\n"
+          "highest unrelated query (verify_starter.EXPECTED), for several top-T:")
     with tempfile.TemporaryDirectory() as td:
         cls_path = Path(td) / "cls.npy"
         np.save(cls_path, cls_emb)
@@ -84,11 +86,11 @@ def main() -> None:
             props = {n: p.proposals(img) for n, img in images.items()}
             rows = []
             for name, label, gt, pos, neg in EXPECTED:
-                queries = pos + neg
                 boxes, obj, emb = props[name]
                 j = int(np.argmax([iou(bx, gt) for bx in boxes]))
-                q = p.embed_queries(queries)
-                rows.append((label, (q @ emb[j]).round(3).tolist()))
+                cp = p.embed_queries(pos) @ emb[j]
+                cn = p.embed_queries(neg) @ emb[j]
+                rows.append((label, cp[0], cp.min(), cn.max()))
             # junk: proposals matching no labelled object, best cosine to any COCO class-name query
             junk = []
             for name in names:
@@ -97,7 +99,9 @@ def main() -> None:
                 for k in range(len(boxes)):
                     if max(iou(boxes[k], g) for g in gts) < 0.5:
                         junk.append(float((qn @ emb[k]).max()))
-            print(f"T={top_t}: " + "; ".join(f"{lab} {c}" for lab, c in rows)
+            margin = min(r[2] - r[3] for r in rows)
+            print(f"  T={top_t}: " + "; ".join(f"{lab} name {c0:.3f} right>={lo:.3f} unrelated<={hi:.3f}" for lab, c0, lo, hi in rows)
+                  + f" | min margin {margin:.3f}"
                   + f" | junk proposals {len(junk)}, their best class-name cos median {np.median(junk):.3f}")
 
 

@@ -131,6 +131,37 @@ class Package:
         return 1.0 / (1.0 + np.exp(-(self.scale * np.asarray(cos) + self.bias)))
 
 
+def flip_check(pkg: Package, images: dict) -> list[tuple[int, int, float]]:
+    """Estimate the anchor-centre offset from horizontal-flip consistency.
+
+    NanoDet was trained with horizontal flips, so a cell's box on the flipped image, mirrored
+    back, should equal the mirror cell's box on the original. If the graph places centres at
+    (col + d)·s while the network was trained with (col + d*)·s, the mirrored boxes disagree by
+    (2d − 1)·s on average (derivation in exported_onnx/README.md), i.e. zero only for d = 0.5.
+    Returns (stride, candidates, estimated d) per stride over confident candidates."""
+    strides = (8, 16, 32)
+    size = pkg.manifest["image"]["input_size"][1]
+    mirror, level, off = [], [], 0
+    for s in strides:
+        n = size // s
+        idx = np.arange(n * n).reshape(n, n)
+        mirror.append(off + idx[:, ::-1].ravel())
+        level.append(np.full(n * n, s))
+        off += n * n
+    mirror, level = np.concatenate(mirror), np.concatenate(level)
+    disc = {s: [] for s in strides}
+    for img in images.values():
+        x = pkg.preprocess(img)[0]
+        (b1, o1, _), (b2, _, _) = [tuple(a[0] for a in pkg.run_image(v[None])) for v in (x, x[:, :, ::-1].copy())]
+        for i in np.where(o1 >= 0.25)[0]:
+            j = mirror[i]
+            back_x1 = size - b2[j, 2]
+            back_x2 = size - b2[j, 0]
+            if 0 < b1[i, 0] and b1[i, 2] < size:  # skip boxes clipped at the border
+                disc[level[i]].append(((b1[i, 0] - back_x1) + (b1[i, 2] - back_x2)) / 2)
+    return [(s, len(d), 0.5 + float(np.mean(d)) / (2 * s)) for s, d in disc.items() if d]
+
+
 def main() -> None:
     args = sys.argv[1:]
     draw_dir = None
@@ -157,6 +188,12 @@ def main() -> None:
         failures.append(f"batched and single-image outputs differ by {bdiff}")
     if n_cand != 3549 or abs(norms - 1).max() > 1e-3:
         failures.append("unexpected candidate count or embeddings not unit length")
+
+    est = flip_check(pkg, images)
+    print("anchor centre offset estimated from flip consistency (graph uses 0.5): "
+          + ", ".join(f"stride {s}: {d:.2f} ({n} candidates)" for s, n, d in est))
+    if any(abs(d - 0.5) > 0.2 for _, _, d in est):
+        failures.append("flip consistency contradicts the (col + 0.5)·stride anchor centres")
 
     cls_emb = pkg.embed_queries(COCO_CLASSES) if pkg.manifest["text"]["query_template"] == CLASS_PROMPT else None
     qemb = pkg.embed_queries(SHOW_QUERIES)

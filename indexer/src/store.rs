@@ -1,0 +1,420 @@
+//! The sled database: the index's source of truth.
+//!
+//! Trees: `meta` (index settings), `roots` (root id → absolute path), `images` (image id →
+//! [`ImageRecord`]), `paths` (root id + relative path → image id), `hashes` (content hash + image
+//! id → ∅, for move and copy detection), `proposals` (proposal id → [`ProposalRecord`]). Every
+//! change of one image touches all its keys in one transaction, so a crash leaves either the old
+//! or the new state of that image, never a mix.
+
+use std::path::{Path, PathBuf};
+
+use sled::transaction::{ConflictableTransactionError, TransactionError};
+use sled::{Transactional, Tree};
+
+use crate::error::{IndexError, Result};
+use crate::records::{decode, encode, proposal_id, ImageRecord, IndexMeta, ProposalRecord};
+
+/// Store format version, in `meta`; bump when tree layout changes.
+pub const STORE_VERSION: u32 = 1;
+
+/// An open index database.
+pub struct Store {
+    path: PathBuf,
+    db: sled::Db,
+    meta: Tree,
+    roots: Tree,
+    images: Tree,
+    paths: Tree,
+    hashes: Tree,
+    proposals: Tree,
+}
+
+fn be(id: u64) -> [u8; 8] {
+    id.to_be_bytes()
+}
+
+fn id_of(bytes: &[u8]) -> Result<u64> {
+    let arr: [u8; 8] = bytes.try_into().map_err(|_| IndexError::Corrupt {
+        what: "id".into(),
+        message: format!("{} bytes, expected 8", bytes.len()),
+    })?;
+    Ok(u64::from_be_bytes(arr))
+}
+
+fn path_key(root: u32, rel_path: &str) -> Vec<u8> {
+    let mut key = root.to_be_bytes().to_vec();
+    key.extend_from_slice(rel_path.as_bytes());
+    key
+}
+
+fn hash_key(hash: &[u8; 32], image: u64) -> Vec<u8> {
+    let mut key = hash.to_vec();
+    key.extend_from_slice(&be(image));
+    key
+}
+
+type TxResult<T> = std::result::Result<T, ConflictableTransactionError<IndexError>>;
+
+impl Store {
+    /// Opens (creating if needed) the database in `dir`.
+    pub fn open(dir: &Path) -> Result<Self> {
+        let path = dir.join("db");
+        let db = sled::Config::new()
+            .path(&path)
+            .flush_every_ms(Some(500))
+            .open()
+            .map_err(|e| IndexError::db(&path, e))?;
+        let tree = |name: &str| db.open_tree(name).map_err(|e| IndexError::db(&path, e));
+        let store = Store {
+            meta: tree("meta")?,
+            roots: tree("roots")?,
+            images: tree("images")?,
+            paths: tree("paths")?,
+            hashes: tree("hashes")?,
+            proposals: tree("proposals")?,
+            path: path.clone(),
+            db,
+        };
+        match store.meta.get("store_version").map_err(|e| store.err(e))? {
+            None => {
+                store
+                    .meta
+                    .insert("store_version", &STORE_VERSION.to_be_bytes())
+                    .map_err(|e| store.err(e))?;
+            }
+            Some(v) if v.as_ref() == STORE_VERSION.to_be_bytes() => {}
+            Some(v) => {
+                return Err(IndexError::Incompatible(format!(
+                    "{} uses store format {:?}, this Spotter reads format {STORE_VERSION}: re-create the index",
+                    path.display(),
+                    v.as_ref()
+                )))
+            }
+        }
+        Ok(store)
+    }
+
+    fn err(&self, e: sled::Error) -> IndexError {
+        IndexError::db(&self.path, e)
+    }
+
+    fn tx_err(&self, e: TransactionError<IndexError>) -> IndexError {
+        match e {
+            TransactionError::Abort(inner) => inner,
+            TransactionError::Storage(s) => self.err(s),
+        }
+    }
+
+    /// The index settings, if the index has been initialised.
+    pub fn meta(&self) -> Result<Option<IndexMeta>> {
+        match self.meta.get("index").map_err(|e| self.err(e))? {
+            None => Ok(None),
+            Some(bytes) => decode(&bytes, "index settings").map(Some),
+        }
+    }
+
+    /// Writes the index settings.
+    pub fn set_meta(&self, meta: &IndexMeta) -> Result<()> {
+        self.meta
+            .insert("index", encode(meta))
+            .map_err(|e| self.err(e))?;
+        Ok(())
+    }
+
+    /// Reads a small named value of the vector index (e.g. the MIPS norm bound).
+    pub fn get_value(&self, key: &str) -> Result<Option<Vec<u8>>> {
+        Ok(self
+            .meta
+            .get(key)
+            .map_err(|e| self.err(e))?
+            .map(|v| v.to_vec()))
+    }
+
+    /// Writes a small named value.
+    pub fn set_value(&self, key: &str, value: &[u8]) -> Result<()> {
+        self.meta.insert(key, value).map_err(|e| self.err(e))?;
+        Ok(())
+    }
+
+    /// The id of an archive root (absolute, canonical path), created on first use.
+    pub fn root_id(&self, root: &Path) -> Result<u32> {
+        let text = root.to_string_lossy().to_string();
+        for entry in self.roots.iter() {
+            let (k, v) = entry.map_err(|e| self.err(e))?;
+            if v.as_ref() == text.as_bytes() {
+                let arr: [u8; 4] = k.as_ref().try_into().map_err(|_| IndexError::Corrupt {
+                    what: "root id".into(),
+                    message: "bad key".into(),
+                })?;
+                return Ok(u32::from_be_bytes(arr));
+            }
+        }
+        let id = self.roots.len() as u32;
+        self.roots
+            .insert(id.to_be_bytes(), text.as_bytes())
+            .map_err(|e| self.err(e))?;
+        Ok(id)
+    }
+
+    /// All roots: id → path.
+    pub fn roots(&self) -> Result<Vec<(u32, PathBuf)>> {
+        let mut out = Vec::new();
+        for entry in self.roots.iter() {
+            let (k, v) = entry.map_err(|e| self.err(e))?;
+            let arr: [u8; 4] = k.as_ref().try_into().unwrap_or([0; 4]);
+            out.push((
+                u32::from_be_bytes(arr),
+                PathBuf::from(String::from_utf8_lossy(&v).to_string()),
+            ));
+        }
+        Ok(out)
+    }
+
+    /// A fresh, never reused image id.
+    pub fn new_image_id(&self) -> Result<u64> {
+        Ok(self.db.generate_id().map_err(|e| self.err(e))? + 1)
+    }
+
+    /// Looks an image up by root and relative path.
+    pub fn image_by_path(&self, root: u32, rel_path: &str) -> Result<Option<(u64, ImageRecord)>> {
+        let Some(id) = self
+            .paths
+            .get(path_key(root, rel_path))
+            .map_err(|e| self.err(e))?
+        else {
+            return Ok(None);
+        };
+        let id = id_of(&id)?;
+        Ok(self.image(id)?.map(|r| (id, r)))
+    }
+
+    /// Reads an image record.
+    pub fn image(&self, id: u64) -> Result<Option<ImageRecord>> {
+        match self.images.get(be(id)).map_err(|e| self.err(e))? {
+            None => Ok(None),
+            Some(bytes) => decode(&bytes, &format!("image {id}")).map(Some),
+        }
+    }
+
+    /// Indexed images whose content hash is `hash`.
+    pub fn images_with_hash(&self, hash: &[u8; 32]) -> Result<Vec<(u64, ImageRecord)>> {
+        let mut out = Vec::new();
+        for entry in self.hashes.scan_prefix(hash) {
+            let (k, _) = entry.map_err(|e| self.err(e))?;
+            let id = id_of(&k[32..])?;
+            if let Some(rec) = self.image(id)? {
+                out.push((id, rec));
+            }
+        }
+        Ok(out)
+    }
+
+    /// Reads a proposal.
+    pub fn proposal(&self, id: u64) -> Result<Option<ProposalRecord>> {
+        match self.proposals.get(be(id)).map_err(|e| self.err(e))? {
+            None => Ok(None),
+            Some(bytes) => decode(&bytes, &format!("proposal {id}")).map(Some),
+        }
+    }
+
+    /// The proposals of an image, in rank order.
+    pub fn proposals_of(&self, image: u64) -> Result<Vec<(u64, ProposalRecord)>> {
+        let start = be(proposal_id(image, 0));
+        let end = be(proposal_id(image + 1, 0));
+        let mut out = Vec::new();
+        for entry in self.proposals.range(start..end) {
+            let (k, v) = entry.map_err(|e| self.err(e))?;
+            let id = id_of(&k)?;
+            out.push((id, decode(&v, &format!("proposal {id}"))?));
+        }
+        Ok(out)
+    }
+
+    /// Iterates every image record.
+    pub fn images(&self) -> impl Iterator<Item = Result<(u64, ImageRecord)>> + '_ {
+        self.images.iter().map(move |entry| {
+            let (k, v) = entry.map_err(|e| self.err(e))?;
+            let id = id_of(&k)?;
+            Ok((id, decode(&v, &format!("image {id}"))?))
+        })
+    }
+
+    /// Iterates every proposal.
+    pub fn proposals(&self) -> impl Iterator<Item = Result<(u64, ProposalRecord)>> + '_ {
+        self.proposals.iter().map(move |entry| {
+            let (k, v) = entry.map_err(|e| self.err(e))?;
+            let id = id_of(&k)?;
+            Ok((id, decode(&v, &format!("proposal {id}"))?))
+        })
+    }
+
+    /// Iterates every proposal id (keys only).
+    pub fn proposal_ids(&self) -> impl Iterator<Item = Result<u64>> + '_ {
+        self.proposals
+            .iter()
+            .keys()
+            .map(move |k| id_of(&k.map_err(|e| self.err(e))?))
+    }
+
+    /// Number of images and proposals.
+    pub fn counts(&self) -> (usize, usize) {
+        (self.images.len(), self.proposals.len())
+    }
+
+    /// Writes an image with its proposals in one transaction; `replaces` (an older record of
+    /// the same file, under another id) is removed in the same transaction.
+    pub fn put_image(
+        &self,
+        id: u64,
+        record: &ImageRecord,
+        proposals: &[ProposalRecord],
+        replaces: Option<(u64, &ImageRecord)>,
+    ) -> Result<()> {
+        let encoded: Vec<(u64, Vec<u8>)> = proposals
+            .iter()
+            .enumerate()
+            .map(|(rank, p)| (proposal_id(id, rank as u32), encode(p)))
+            .collect();
+        let image_bytes = encode(record);
+        (&self.images, &self.paths, &self.hashes, &self.proposals)
+            .transaction(|(images, paths, hashes, props)| -> TxResult<()> {
+                if let Some((old_id, old)) = replaces {
+                    remove_image_tx(images, paths, hashes, props, old_id, old)?;
+                }
+                images.insert(&be(id), image_bytes.as_slice())?;
+                paths.insert(path_key(record.root, &record.rel_path), &be(id))?;
+                if record.status == crate::records::ImageStatus::Indexed {
+                    hashes.insert(hash_key(&record.hash, id), &[])?;
+                }
+                for (pid, bytes) in &encoded {
+                    props.insert(&be(*pid), bytes.as_slice())?;
+                }
+                Ok(())
+            })
+            .map_err(|e| self.tx_err(e))
+    }
+
+    /// Points an image at a new path (a moved or renamed file), keeping its id and proposals.
+    pub fn move_image(&self, id: u64, old: &ImageRecord, new: &ImageRecord) -> Result<()> {
+        let bytes = encode(new);
+        (&self.images, &self.paths)
+            .transaction(|(images, paths)| -> TxResult<()> {
+                paths.remove(path_key(old.root, &old.rel_path))?;
+                paths.insert(path_key(new.root, &new.rel_path), &be(id))?;
+                images.insert(&be(id), bytes.as_slice())?;
+                Ok(())
+            })
+            .map_err(|e| self.tx_err(e))
+    }
+
+    /// Removes an image and its proposals in one transaction.
+    pub fn remove_image(&self, id: u64, record: &ImageRecord) -> Result<()> {
+        (&self.images, &self.paths, &self.hashes, &self.proposals)
+            .transaction(|(images, paths, hashes, props)| -> TxResult<()> {
+                remove_image_tx(images, paths, hashes, props, id, record)
+            })
+            .map_err(|e| self.tx_err(e))
+    }
+
+    /// Flushes to disk.
+    pub fn flush(&self) -> Result<()> {
+        self.db.flush().map_err(|e| self.err(e))?;
+        Ok(())
+    }
+
+    /// Bytes used on disk by the database.
+    pub fn size_on_disk(&self) -> u64 {
+        self.db.size_on_disk().unwrap_or(0)
+    }
+}
+
+fn remove_image_tx(
+    images: &sled::transaction::TransactionalTree,
+    paths: &sled::transaction::TransactionalTree,
+    hashes: &sled::transaction::TransactionalTree,
+    props: &sled::transaction::TransactionalTree,
+    id: u64,
+    record: &ImageRecord,
+) -> TxResult<()> {
+    images.remove(&be(id))?;
+    // Only drop the path mapping if it still points at this image.
+    let key = path_key(record.root, &record.rel_path);
+    if paths.get(&key)?.as_deref() == Some(&be(id)[..]) {
+        paths.remove(key)?;
+    }
+    hashes.remove(hash_key(&record.hash, id))?;
+    for rank in 0..record.proposals {
+        props.remove(&be(proposal_id(id, rank)))?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::records::{ImageStatus, StoredVector};
+
+    fn record(path: &str, n: u32) -> ImageRecord {
+        ImageRecord {
+            root: 0,
+            rel_path: path.into(),
+            size: 10,
+            mtime_ns: 5,
+            hash: [7; 32],
+            width: 4,
+            height: 3,
+            status: ImageStatus::Indexed,
+            proposals: n,
+        }
+    }
+
+    fn proposal(image: u64) -> ProposalRecord {
+        ProposalRecord {
+            image,
+            bbox: [0.0, 0.0, 1.0, 1.0],
+            objectness: 0.9,
+            level: 0,
+            vector: StoredVector::new(&[1.0, 2.0], false),
+        }
+    }
+
+    #[test]
+    fn put_move_remove_keep_all_trees_consistent() {
+        let dir = std::env::temp_dir().join(format!("spotter-store-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let store = Store::open(&dir).unwrap();
+        let id = store.new_image_id().unwrap();
+        let rec = record("a/cat.jpg", 2);
+        store
+            .put_image(id, &rec, &[proposal(id), proposal(id)], None)
+            .unwrap();
+        assert_eq!(store.counts(), (1, 2));
+        assert_eq!(store.image_by_path(0, "a/cat.jpg").unwrap().unwrap().0, id);
+        assert_eq!(store.images_with_hash(&[7; 32]).unwrap().len(), 1);
+        assert_eq!(store.proposals_of(id).unwrap().len(), 2);
+
+        let moved = record("b/cat.jpg", 2);
+        store.move_image(id, &rec, &moved).unwrap();
+        assert!(store.image_by_path(0, "a/cat.jpg").unwrap().is_none());
+        assert_eq!(store.image_by_path(0, "b/cat.jpg").unwrap().unwrap().0, id);
+
+        let id2 = store.new_image_id().unwrap();
+        assert_ne!(id, id2);
+        store
+            .put_image(
+                id2,
+                &record("b/cat.jpg", 1),
+                &[proposal(id2)],
+                Some((id, &moved)),
+            )
+            .unwrap();
+        assert_eq!(store.counts(), (1, 1));
+        assert_eq!(store.image_by_path(0, "b/cat.jpg").unwrap().unwrap().0, id2);
+
+        store.remove_image(id2, &record("b/cat.jpg", 1)).unwrap();
+        assert_eq!(store.counts(), (0, 0));
+        assert!(store.images_with_hash(&[7; 32]).unwrap().is_empty());
+        drop(store);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}
