@@ -6,6 +6,9 @@ pub enum SpotterError {
     /// The model layer failed.
     #[error(transparent)]
     Model(#[from] spotter_model::ModelError),
+    /// The index failed.
+    #[error(transparent)]
+    Index(spotter_indexer::IndexError),
     /// A file could not be read or written.
     #[error("{path}: {source}")]
     Io {

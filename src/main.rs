@@ -3,6 +3,12 @@ use spotter::cli::{run, Cli};
 use tracing_subscriber::EnvFilter;
 
 fn main() {
+    // Die quietly on a closed pipe (`spotter search cat | head`) like other Unix tools.
+    #[cfg(unix)]
+    // SAFETY: restoring the default SIGPIPE disposition before any thread starts.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
     let cli = Cli::parse();
     let default_level = match cli.verbose {
         0 => "info",

@@ -36,9 +36,13 @@ import sys
 import tempfile
 
 import numpy as np
-import torch
-import torch.nn.functional as F
-from torch import nn
+
+# mmdet checkpoints pickle more than tensors; torch >= 2.6 refuses them by default (weights_only).
+# They are the user's own files, and the reference loader calls torch.load itself.
+os.environ.setdefault("TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD", "1")
+import torch  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
+from torch import nn  # noqa: E402
 
 OPSET = 17
 STRIDES = (8, 16, 32)
@@ -178,7 +182,9 @@ def build_text_graph(xlmr_dir, text_checkpoint):
                  "pass the WeDetect detector checkpoint of the same size)")
     model_sd = {"model." + k: v for k, v in xlmr.state_dict().items()}
     model_sd.update({"head." + k: v for k, v in head.state_dict().items()})
-    missing = [k for k in model_sd if k not in sd and ".pooler." not in k]  # the pooler is unused
+    # the pooler is unused; position/token-type id buffers are persistent in some transformers versions
+    missing = [k for k in model_sd if k not in sd and ".pooler." not in k
+               and not k.endswith(("position_ids", "token_type_ids"))]
     unexpected = [k for k in sd if k not in model_sd and not k.endswith("position_ids")]
     if missing or unexpected:
         sys.exit(f"text tower mismatch: missing {missing[:5]}, unexpected {unexpected[:5]}")
@@ -279,10 +285,12 @@ def test_image(repo, side):
     return np.random.default_rng(0).random((1, 3, side, side), dtype=np.float32)
 
 
-def report(name, a, b, atol):
-    err = float(np.max(np.abs(np.asarray(a, np.float64) - np.asarray(b, np.float64)))) if np.size(a) else 0.0
-    ok = err <= atol
-    print(f"[check] {name}: max |onnx - torch| = {err:.3g} ({'ok' if ok else 'TOO LARGE'}, tolerance {atol})")
+def report(name, got, want, atol, rtol=0.0):
+    got, want = np.asarray(got, np.float64), np.asarray(want, np.float64)
+    err = float(np.max(np.abs(got - want))) if got.size else 0.0
+    tol = atol + rtol * (float(np.max(np.abs(want))) if want.size else 0.0)
+    ok = got.shape == want.shape and err <= tol
+    print(f"[check] {name}: max |onnx - torch| = {err:.3g} ({'ok' if ok else 'TOO LARGE'}, tolerance {tol:.3g})")
     return ok
 
 
@@ -347,6 +355,10 @@ def main(argv=None):
     args = ap.parse_args(argv)
 
     side, xlmr_name = SIZES[args.size]
+    for ckpt in (args.uni_checkpoint, args.text_checkpoint):
+        other = "large" if args.size == "base" else "base"
+        if other in os.path.basename(ckpt):
+            print(f"WARNING: --size {args.size} but {ckpt} looks like a {other} checkpoint")
     xlmr_dir = os.path.join(args.wedetect_repo, xlmr_name)
     os.makedirs(args.out, exist_ok=True)
     torch.set_grad_enabled(False)
@@ -393,10 +405,10 @@ def main(argv=None):
         got = sess.run(None, {"pixels": x})
         want = [t.numpy() for t in image_graph(torch.from_numpy(x))]
         b = x.shape[0]
-        ok &= report(f"boxes (batch {b})", got[0], want[0], 0.05)
+        ok &= report(f"boxes (batch {b})", got[0], want[0], 0.01, 1e-4)
         ok &= report(f"objectness (batch {b})", got[1], want[1], 1e-3)
-        ok &= report(f"embeddings (batch {b})", got[2], want[2], 0.05)
-        ok &= bool(np.array_equal(got[3], want[3]))
+        ok &= report(f"embeddings (batch {b})", got[2], want[2], 1e-3, 1e-3)
+        ok &= bool(got[3].dtype == np.int64 and np.array_equal(got[3], want[3]))
     obj = got[1][0]
     print(f"[check] objectness on the test image: max {obj.max():.3f}, {(obj >= 0.1).sum()} of {obj.size} >= 0.1")
 

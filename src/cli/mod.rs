@@ -1,7 +1,9 @@
 //! The `spotter` command line: argument definitions and dispatch.
 
 pub mod detect;
+pub mod index;
 pub mod models;
+pub mod search;
 
 use std::path::PathBuf;
 
@@ -12,8 +14,9 @@ use crate::error::Result;
 
 /// Spotter finds objects in image archives by text.
 ///
-/// Typical use: `spotter detect photo.jpg --text "cat,car"` to try a model on one image;
-/// `spotter models` to see which model packages are installed.
+/// Typical use: `spotter index ~/Pictures --index ~/.spotter` to index an archive, then
+/// `spotter search "red car" --index ~/.spotter`. `spotter detect photo.jpg --text "cat,car"`
+/// tries a model on one image; `spotter models` lists installed model packages.
 #[derive(Debug, Parser)]
 #[command(name = "spotter", version, about, long_about = None, propagate_version = true)]
 pub struct Cli {
@@ -36,6 +39,18 @@ pub enum Command {
     Detect(detect::DetectArgs),
     /// List installed model packages and their manifests.
     Models(models::ModelsArgs),
+    /// Index image archives (incremental: unchanged files are not read again).
+    ///
+    /// Walks each ARCHIVE, runs the model on new and changed images, stores every kept
+    /// proposal in the index folder, recognises moved and copied files by content and removes
+    /// deleted ones. Interrupt it at any time: the next run continues where it stopped.
+    Index(index::IndexArgs),
+    /// Search an index by text and print the best matching objects.
+    Search(search::SearchArgs),
+    /// Show what an index holds.
+    Stats(index::StatsArgs),
+    /// Rebuild the vector index without deleted entries.
+    Compact(index::CompactArgs),
 }
 
 /// Options shared by every command that loads a model.
@@ -81,5 +96,9 @@ pub fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Detect(args) => detect::run(&args),
         Command::Models(args) => models::run(&args),
+        Command::Index(args) => index::run(&args),
+        Command::Search(args) => search::run(&args),
+        Command::Stats(args) => index::stats(&args),
+        Command::Compact(args) => index::compact(&args),
     }
 }

@@ -1,0 +1,615 @@
+//! One indexing run: walk → plan against the store → parallel read/hash/decode/letterbox →
+//! batched inference → a single writer (sled transactions, vector inserts) → deletions.
+//!
+//! Stages are joined by bounded channels so memory stays flat and the model is the bottleneck.
+//! A crash at any point leaves the store consistent (one transaction per image); the next run
+//! skips what was written and redoes the rest.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{bounded, Receiver, RecvTimeoutError, Sender};
+use rayon::prelude::*;
+use serde::Serialize;
+use spotter_model::{
+    decode_bytes, DecodeLimits, ImageTower, PreparedImage, Proposal, ProposalParams,
+};
+
+use crate::error::{IndexError, Result};
+use crate::index::Index;
+use crate::records::{
+    proposal_id, ImageRecord, ImageStatus, ProposalRecord, StoredVector, PROPOSAL_BITS,
+};
+use crate::vectors::VectorIndex;
+use crate::walk::{walk, FoundFile, WalkOptions};
+
+/// What to index and how.
+#[derive(Debug, Clone)]
+pub struct IndexRequest {
+    /// Archive roots.
+    pub roots: Vec<PathBuf>,
+    /// Walk options.
+    pub walk: WalkOptions,
+    /// Images per inference batch.
+    pub batch: usize,
+    /// Proposal post-processing.
+    pub params: ProposalParams,
+    /// Decoder limits.
+    pub limits: DecodeLimits,
+    /// Re-try files that failed before even if unchanged.
+    pub retry_failed: bool,
+    /// Threads for reading and decoding (0: all cores).
+    pub decode_threads: usize,
+    /// Save the vector index at least this often during long runs.
+    pub checkpoint_every: Duration,
+}
+
+/// A file that could not be indexed.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct Failure {
+    /// The file.
+    pub path: PathBuf,
+    /// Why.
+    pub reason: String,
+}
+
+/// What a run did.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct RunReport {
+    /// Image files found by the walk.
+    pub files_found: usize,
+    /// Unchanged since the last run (not read).
+    pub unchanged: usize,
+    /// Run through the model.
+    pub indexed: usize,
+    /// Recognised as moved or renamed (by content hash; no model run).
+    pub moved: usize,
+    /// Recognised as copies of indexed files (proposals copied; no model run).
+    pub copied: usize,
+    /// Files that could not be indexed.
+    pub failed: Vec<Failure>,
+    /// Folders or links the walk could not enter.
+    pub walk_problems: Vec<Failure>,
+    /// Records removed because their file is gone.
+    pub deleted: usize,
+    /// Files that disappeared between the walk and reading them.
+    pub vanished: usize,
+    /// Proposals written.
+    pub proposals_added: usize,
+    /// Wall time in seconds.
+    pub seconds: f64,
+    /// Seconds spent inside the image graph.
+    pub model_seconds: f64,
+    /// Images through the model per second of wall time.
+    pub images_per_second: f64,
+    /// Device of the image graph.
+    pub device: String,
+}
+
+/// Progress callbacks (the CLI draws a progress bar from these).
+pub trait Progress: Sync {
+    /// The walk and plan are done: `to_process` files need work.
+    fn planned(&self, _found: usize, _to_process: usize) {}
+    /// One file finished (any outcome); `proposals` were added.
+    fn file_done(&self, _path: &Path, _proposals: usize, _failed: bool) {}
+    /// A free-form status line.
+    fn note(&self, _message: &str) {}
+}
+
+/// A progress sink that ignores everything.
+pub struct NoProgress;
+impl Progress for NoProgress {}
+
+struct WorkItem {
+    root: u32,
+    file: FoundFile,
+    previous: Option<(u64, ImageRecord)>,
+}
+
+enum Prepared {
+    Model {
+        item: WorkItem,
+        hash: [u8; 32],
+        image: PreparedImage,
+    },
+    Moved {
+        item: WorkItem,
+        hash: [u8; 32],
+        from: (u64, ImageRecord),
+    },
+    Copied {
+        item: WorkItem,
+        hash: [u8; 32],
+        source: u64,
+    },
+    Failed {
+        item: WorkItem,
+        hash: [u8; 32],
+        reason: String,
+    },
+    Vanished {
+        item: WorkItem,
+    },
+}
+
+enum Written {
+    Model {
+        item: WorkItem,
+        hash: [u8; 32],
+        width: u32,
+        height: u32,
+        proposals: Vec<Proposal>,
+    },
+    Other(Prepared),
+}
+
+/// Files in the store, under the walked roots, that the walk did not find: deleted or moved.
+type Missing = Mutex<HashMap<[u8; 32], Vec<(u64, ImageRecord)>>>;
+
+/// Runs one indexing pass of `request` into `index` with `tower`.
+pub fn run(
+    index: &Index,
+    tower: &ImageTower,
+    request: &IndexRequest,
+    progress: &dyn Progress,
+) -> Result<RunReport> {
+    let started = Instant::now();
+    let mut report = RunReport {
+        device: tower.device().to_string(),
+        ..Default::default()
+    };
+    if request.params.max_per_image >= 1 << PROPOSAL_BITS {
+        return Err(IndexError::Invalid(format!(
+            "at most {} proposals per image can be stored",
+            (1u32 << PROPOSAL_BITS) - 1
+        )));
+    }
+    let store = index.store();
+
+    // Walk and plan.
+    let mut work = Vec::new();
+    let mut gone: Vec<(u64, ImageRecord)> = Vec::new();
+    for root in &request.roots {
+        let root = root.canonicalize().map_err(|source| IndexError::Io {
+            path: root.clone(),
+            source,
+        })?;
+        if !root.is_dir() {
+            return Err(IndexError::Invalid(format!(
+                "archive root {} is not a folder",
+                root.display()
+            )));
+        }
+        let root_id = store.root_id(&root)?;
+        progress.note(&format!("scanning {}", root.display()));
+        let (files, problems) = walk(&root, &request.walk)?;
+        report
+            .walk_problems
+            .extend(problems.into_iter().map(|p| Failure {
+                path: p.path,
+                reason: p.reason,
+            }));
+        report.files_found += files.len();
+        let mut seen = std::collections::HashSet::with_capacity(files.len());
+        for file in files {
+            seen.insert(file.rel_path.clone());
+            let previous = store.image_by_path(root_id, &file.rel_path)?;
+            let unchanged = previous.as_ref().is_some_and(|(_, r)| {
+                r.size == file.size
+                    && r.mtime_ns == file.mtime_ns
+                    && (r.status == ImageStatus::Indexed || !request.retry_failed)
+            });
+            if unchanged {
+                report.unchanged += 1;
+            } else {
+                work.push(WorkItem {
+                    root: root_id,
+                    file,
+                    previous,
+                });
+            }
+        }
+        for image in store.images() {
+            let (id, record) = image?;
+            if record.root == root_id && !seen.contains(&record.rel_path) {
+                gone.push((id, record));
+            }
+        }
+    }
+    let mut missing_map: HashMap<[u8; 32], Vec<(u64, ImageRecord)>> = HashMap::new();
+    for (id, record) in &gone {
+        if record.status == ImageStatus::Indexed {
+            missing_map
+                .entry(record.hash)
+                .or_default()
+                .push((*id, record.clone()));
+        }
+    }
+    let missing: Missing = Mutex::new(missing_map);
+    progress.planned(report.files_found, work.len());
+
+    // Pipeline.
+    let batch = request.batch.max(1);
+    let threads = if request.decode_threads == 0 {
+        std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(2)
+    } else {
+        request.decode_threads
+    };
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(threads)
+        .thread_name(|i| format!("spotter-decode-{i}"))
+        .build()
+        .map_err(|e| IndexError::Invalid(format!("decode threads: {e}")))?;
+    let (prepared_tx, prepared_rx) = bounded::<Prepared>(batch * 2 + threads);
+    let (written_tx, written_rx) = bounded::<Result<Written>>(batch * 2);
+    let model_time = Mutex::new(Duration::ZERO);
+
+    let outcome: Result<()> = std::thread::scope(|scope| {
+        let missing = &missing;
+        let work = &work;
+        let pool = &pool;
+        scope.spawn(move || {
+            pool.install(|| {
+                // Stops early when a later stage has failed and dropped its receiver.
+                let _ = work.par_iter().try_for_each_with(prepared_tx, |tx, item| {
+                    tx.send(prepare(index, tower, request, missing, item))
+                        .map_err(|_| ())
+                });
+            })
+        });
+        let model_time = &model_time;
+        scope.spawn(move || infer(tower, request, batch, prepared_rx, written_tx, model_time));
+        write_all(index, request, written_rx, &mut report, progress)
+    });
+    outcome?;
+
+    // Deletions: what is still missing was neither found nor moved.
+    let claimed: std::collections::HashSet<u64> = {
+        let left = missing
+            .lock()
+            .map_err(|_| IndexError::Invalid("lock poisoned".into()))?;
+        let still: std::collections::HashSet<u64> =
+            left.values().flatten().map(|(id, _)| *id).collect();
+        gone.iter()
+            .map(|(id, _)| *id)
+            .filter(|id| !still.contains(id))
+            .collect()
+    };
+    for (id, record) in &gone {
+        if claimed.contains(id) && record.status == ImageStatus::Indexed {
+            continue; // moved: already re-pointed
+        }
+        store.remove_image(*id, record)?;
+        let ids: Vec<u64> = (0..record.proposals).map(|r| proposal_id(*id, r)).collect();
+        index.vectors().remove(&ids)?;
+        report.deleted += 1;
+    }
+
+    if index.vectors().tombstones() > 1000
+        && index.vectors().tombstones() * 5 > index.vectors().len()
+    {
+        progress.note("compacting the vector index (over 20% deleted)");
+        index.vectors().compact()?;
+    }
+    progress.note("saving the vector index");
+    index.persist()?;
+    report.seconds = started.elapsed().as_secs_f64();
+    report.model_seconds = model_time.lock().map(|d| d.as_secs_f64()).unwrap_or(0.0);
+    report.images_per_second = if report.seconds > 0.0 {
+        report.indexed as f64 / report.seconds
+    } else {
+        0.0
+    };
+    Ok(report)
+}
+
+fn prepare(
+    index: &Index,
+    tower: &ImageTower,
+    request: &IndexRequest,
+    missing: &Missing,
+    item: &WorkItem,
+) -> Prepared {
+    let item = WorkItem {
+        root: item.root,
+        file: item.file.clone(),
+        previous: item.previous.clone(),
+    };
+    let bytes = match std::fs::read(&item.file.path) {
+        Ok(b) => b,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Prepared::Vanished { item },
+        Err(e) => {
+            return Prepared::Failed {
+                item,
+                hash: [0; 32],
+                reason: format!("cannot read: {e}"),
+            }
+        }
+    };
+    let hash: [u8; 32] = *blake3::hash(&bytes).as_bytes();
+    // A moved or renamed file: same content as a record whose file is gone.
+    if let Ok(mut map) = missing.lock() {
+        if let Some(list) = map.get_mut(&hash) {
+            if let Some(from) = list.pop() {
+                if list.is_empty() {
+                    map.remove(&hash);
+                }
+                return Prepared::Moved { item, hash, from };
+            }
+        }
+    }
+    // A copy of an indexed file.
+    if let Ok(same) = index.store().images_with_hash(&hash) {
+        let previous_id = item.previous.as_ref().map(|(id, _)| *id);
+        if let Some((source, _)) = same
+            .into_iter()
+            .find(|(id, r)| r.status == ImageStatus::Indexed && Some(*id) != previous_id)
+        {
+            return Prepared::Copied { item, hash, source };
+        }
+    }
+    let image = match decode_bytes(&bytes, request.limits) {
+        Ok(img) => img,
+        Err(e) => {
+            return Prepared::Failed {
+                item,
+                hash,
+                reason: e.to_string(),
+            }
+        }
+    };
+    drop(bytes);
+    match tower.prepare(&image) {
+        Ok(image) => Prepared::Model { item, hash, image },
+        Err(e) => Prepared::Failed {
+            item,
+            hash,
+            reason: e.to_string(),
+        },
+    }
+}
+
+fn infer(
+    tower: &ImageTower,
+    request: &IndexRequest,
+    batch: usize,
+    input: Receiver<Prepared>,
+    output: Sender<Result<Written>>,
+    model_time: &Mutex<Duration>,
+) {
+    let mut pending: Vec<(WorkItem, [u8; 32], PreparedImage)> = Vec::with_capacity(batch);
+    let flush = |pending: &mut Vec<(WorkItem, [u8; 32], PreparedImage)>| -> bool {
+        if pending.is_empty() {
+            return true;
+        }
+        let images: Vec<PreparedImage> = pending.iter().map(|(_, _, p)| p.clone()).collect();
+        let t = Instant::now();
+        let result = tower.detect(&images, &request.params);
+        if let Ok(mut total) = model_time.lock() {
+            *total += t.elapsed();
+        }
+        match result {
+            Ok(all) => {
+                for ((item, hash, prepared), proposals) in pending.drain(..).zip(all) {
+                    let msg = Written::Model {
+                        item,
+                        hash,
+                        width: prepared.letterbox.src_width,
+                        height: prepared.letterbox.src_height,
+                        proposals,
+                    };
+                    if output.send(Ok(msg)).is_err() {
+                        return false;
+                    }
+                }
+                true
+            }
+            Err(e) => {
+                pending.clear();
+                let _ = output.send(Err(e.into()));
+                false
+            }
+        }
+    };
+    loop {
+        match input.recv_timeout(Duration::from_millis(100)) {
+            Ok(Prepared::Model { item, hash, image }) => {
+                pending.push((item, hash, image));
+                if pending.len() >= batch && !flush(&mut pending) {
+                    return;
+                }
+            }
+            Ok(other) => {
+                if output.send(Ok(Written::Other(other))).is_err() {
+                    return;
+                }
+            }
+            Err(RecvTimeoutError::Timeout) => {
+                if !flush(&mut pending) {
+                    return;
+                }
+            }
+            Err(RecvTimeoutError::Disconnected) => {
+                flush(&mut pending);
+                return;
+            }
+        }
+    }
+}
+
+fn write_all(
+    index: &Index,
+    request: &IndexRequest,
+    input: Receiver<Result<Written>>,
+    report: &mut RunReport,
+    progress: &dyn Progress,
+) -> Result<()> {
+    let store = index.store();
+    let half = index.meta().half_precision;
+    let mut vectors: Vec<(u64, Vec<f32>)> = Vec::new();
+    let mut last_checkpoint = Instant::now();
+    let record_of = |item: &WorkItem,
+                     hash: [u8; 32],
+                     width: u32,
+                     height: u32,
+                     status: ImageStatus,
+                     proposals: u32| ImageRecord {
+        root: item.root,
+        rel_path: item.file.rel_path.clone(),
+        size: item.file.size,
+        mtime_ns: item.file.mtime_ns,
+        hash,
+        width,
+        height,
+        status,
+        proposals,
+    };
+    let retire = |previous: &Option<(u64, ImageRecord)>| -> Result<()> {
+        if let Some((old_id, old)) = previous {
+            let ids: Vec<u64> = (0..old.proposals)
+                .map(|r| proposal_id(*old_id, r))
+                .collect();
+            index.vectors().remove(&ids)?;
+        }
+        Ok(())
+    };
+    for message in input {
+        let (path, added, failed) = match message? {
+            Written::Model {
+                item,
+                hash,
+                width,
+                height,
+                proposals,
+            } => {
+                let id = store.new_image_id()?;
+                let records: Vec<ProposalRecord> = proposals
+                    .iter()
+                    .map(|p| ProposalRecord {
+                        image: id,
+                        bbox: p.bbox,
+                        objectness: p.objectness,
+                        level: p.level,
+                        vector: StoredVector::new(&p.vector, half),
+                    })
+                    .collect();
+                let record = record_of(
+                    &item,
+                    hash,
+                    width,
+                    height,
+                    ImageStatus::Indexed,
+                    records.len() as u32,
+                );
+                store.put_image(
+                    id,
+                    &record,
+                    &records,
+                    item.previous.as_ref().map(|(i, r)| (*i, r)),
+                )?;
+                retire(&item.previous)?;
+                for (rank, r) in records.iter().enumerate() {
+                    vectors.push((proposal_id(id, rank as u32), r.vector.to_f32()));
+                }
+                report.indexed += 1;
+                report.proposals_added += records.len();
+                (item.file.path, records.len(), false)
+            }
+            Written::Other(Prepared::Moved { item, hash, from }) => {
+                let (id, old) = from;
+                let record = ImageRecord {
+                    hash,
+                    ..record_of(
+                        &item,
+                        hash,
+                        old.width,
+                        old.height,
+                        old.status.clone(),
+                        old.proposals,
+                    )
+                };
+                if let Some((prev_id, prev)) = &item.previous {
+                    // The destination path held another file: drop that record first.
+                    store.remove_image(*prev_id, prev)?;
+                    retire(&item.previous)?;
+                }
+                store.move_image(id, &old, &record)?;
+                report.moved += 1;
+                (item.file.path, 0, false)
+            }
+            Written::Other(Prepared::Copied { item, hash, source }) => {
+                let id = store.new_image_id()?;
+                let src = store.image(source)?.ok_or_else(|| IndexError::Corrupt {
+                    what: format!("image {source}"),
+                    message: "vanished while copying".into(),
+                })?;
+                let records: Vec<ProposalRecord> = store
+                    .proposals_of(source)?
+                    .into_iter()
+                    .map(|(_, p)| ProposalRecord { image: id, ..p })
+                    .collect();
+                let record = record_of(
+                    &item,
+                    hash,
+                    src.width,
+                    src.height,
+                    ImageStatus::Indexed,
+                    records.len() as u32,
+                );
+                store.put_image(
+                    id,
+                    &record,
+                    &records,
+                    item.previous.as_ref().map(|(i, r)| (*i, r)),
+                )?;
+                retire(&item.previous)?;
+                for (rank, r) in records.iter().enumerate() {
+                    vectors.push((proposal_id(id, rank as u32), r.vector.to_f32()));
+                }
+                report.copied += 1;
+                report.proposals_added += records.len();
+                (item.file.path, records.len(), false)
+            }
+            Written::Other(Prepared::Failed { item, hash, reason }) => {
+                let id = store.new_image_id()?;
+                let record = record_of(&item, hash, 0, 0, ImageStatus::Failed(reason.clone()), 0);
+                store.put_image(
+                    id,
+                    &record,
+                    &[],
+                    item.previous.as_ref().map(|(i, r)| (*i, r)),
+                )?;
+                retire(&item.previous)?;
+                report.failed.push(Failure {
+                    path: item.file.path.clone(),
+                    reason,
+                });
+                (item.file.path, 0, true)
+            }
+            Written::Other(Prepared::Vanished { item }) => {
+                if let Some((id, old)) = &item.previous {
+                    store.remove_image(*id, old)?;
+                    retire(&item.previous)?;
+                }
+                report.vanished += 1;
+                (item.file.path, 0, false)
+            }
+            Written::Other(Prepared::Model { .. }) => unreachable!("model work is never forwarded"),
+        };
+        progress.file_done(&path, added, failed);
+        if vectors.len() >= 2048 {
+            index.vectors().insert(&std::mem::take(&mut vectors))?;
+        }
+        if last_checkpoint.elapsed() >= request.checkpoint_every {
+            index.vectors().insert(&std::mem::take(&mut vectors))?;
+            index.persist()?;
+            last_checkpoint = Instant::now();
+        }
+    }
+    index.vectors().insert(&vectors)?;
+    Ok(())
+}

@@ -1,0 +1,272 @@
+//! `spotter index`, `spotter stats`, `spotter compact`.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::Args;
+use indicatif::{ProgressBar, ProgressStyle};
+use spotter_indexer::{HnswParams, Index, IndexRequest, IndexSettings, Progress, VectorIndex};
+use spotter_model::{DecodeLimits, ImageTower, ProposalParams};
+
+use super::ModelArgs;
+use crate::error::{Result, SpotterError};
+
+/// Arguments of `spotter index`.
+#[derive(Debug, Args)]
+pub struct IndexArgs {
+    /// Archive folders to index (several roots can share one index).
+    #[arg(required = true, value_name = "ARCHIVE")]
+    pub archives: Vec<PathBuf>,
+    /// Index folder (created if missing).
+    #[arg(long, value_name = "DIR")]
+    pub index: PathBuf,
+    /// Images per inference batch.
+    #[arg(long, default_value_t = 4)]
+    pub batch: usize,
+    /// Minimum objectness of a stored proposal (default: the manifest's).
+    #[arg(long)]
+    pub objectness: Option<f32>,
+    /// Class-agnostic NMS IoU (default: the manifest's).
+    #[arg(long)]
+    pub nms_iou: Option<f32>,
+    /// Proposals kept per image (default: the manifest's).
+    #[arg(long)]
+    pub max_proposals: Option<usize>,
+    /// Follow symbolic links (loops are detected and reported).
+    #[arg(long)]
+    pub follow_symlinks: bool,
+    /// Also index hidden (dot) and system folders (@eaDir, $RECYCLE.BIN, ...).
+    #[arg(long)]
+    pub include_hidden: bool,
+    /// Only index paths (relative to the archive) matching this glob; repeatable.
+    #[arg(long, value_name = "GLOB")]
+    pub include: Vec<String>,
+    /// Skip paths matching this glob, e.g. "**/thumbs/**"; repeatable.
+    #[arg(long, value_name = "GLOB")]
+    pub exclude: Vec<String>,
+    /// Refuse images with more pixels than this (decompression-bomb guard).
+    #[arg(long, default_value_t = spotter_model::preprocess::DEFAULT_MAX_PIXELS)]
+    pub max_pixels: u64,
+    /// Retry files that failed before even if they did not change.
+    #[arg(long)]
+    pub retry_failed: bool,
+    /// Store vectors as 16-bit floats (half the disk; only when creating the index).
+    #[arg(long)]
+    pub f16: bool,
+    /// HNSW max connections per node (only when creating the index).
+    #[arg(long, default_value_t = 16)]
+    pub hnsw_m: usize,
+    /// HNSW construction breadth (only when creating the index).
+    #[arg(long, default_value_t = 200)]
+    pub hnsw_ef_construction: usize,
+    /// Threads reading and decoding images (default: all cores).
+    #[arg(long, default_value_t = 0)]
+    pub decode_threads: usize,
+    /// Print the final report as JSON on stdout (progress goes to stderr).
+    #[arg(long)]
+    pub json: bool,
+    /// No progress bar.
+    #[arg(long)]
+    pub quiet: bool,
+    #[command(flatten)]
+    pub model: ModelArgs,
+}
+
+struct Bar {
+    bar: ProgressBar,
+}
+
+impl Progress for Bar {
+    fn planned(&self, found: usize, to_process: usize) {
+        self.bar.set_length(to_process as u64);
+        self.bar.set_message(format!(
+            "{found} images found, {} unchanged",
+            found - to_process
+        ));
+        self.bar.reset_eta();
+    }
+    fn file_done(&self, path: &std::path::Path, _proposals: usize, failed: bool) {
+        if failed {
+            self.bar.println(format!("skipped {}", path.display()));
+        }
+        self.bar.inc(1);
+    }
+    fn note(&self, message: &str) {
+        self.bar.set_message(message.to_string());
+    }
+}
+
+/// Runs `spotter index`.
+pub fn run(args: &IndexArgs) -> Result<()> {
+    let package = args.model.package()?;
+    let settings = IndexSettings {
+        half_precision: args.f16,
+        hnsw: HnswParams {
+            m: args.hnsw_m.max(2),
+            ef_construction: args.hnsw_ef_construction.max(8),
+        },
+    };
+    let index = Index::open_for_model(&args.index, &package, &settings)?;
+    let tower = ImageTower::load(&package, &args.model.runtime())?;
+    let mut params = ProposalParams::from(&package.manifest.proposals);
+    if let Some(t) = args.objectness {
+        params.objectness_threshold = t;
+    }
+    if let Some(iou) = args.nms_iou {
+        params.nms_iou = iou;
+    }
+    if let Some(k) = args.max_proposals {
+        params.max_per_image = k;
+    }
+    let request = IndexRequest {
+        roots: args.archives.clone(),
+        walk: spotter_indexer::walk::WalkOptions {
+            follow_symlinks: args.follow_symlinks,
+            include_hidden: args.include_hidden,
+            include: args.include.clone(),
+            exclude: args.exclude.clone(),
+        },
+        batch: match tower.fixed_batch() {
+            Some(fixed) => fixed,
+            None => args.batch.max(1),
+        },
+        params,
+        limits: DecodeLimits {
+            max_pixels: args.max_pixels,
+        },
+        retry_failed: args.retry_failed,
+        decode_threads: args.decode_threads,
+        checkpoint_every: Duration::from_secs(300),
+    };
+    let bar = if args.quiet {
+        ProgressBar::hidden()
+    } else {
+        ProgressBar::new_spinner()
+    };
+    bar.set_style(
+        ProgressStyle::with_template(
+            "{spinner} [{elapsed_precise}] {wide_bar} {pos}/{len} images ({per_sec}, ETA {eta}) {msg}",
+        )
+        .unwrap_or_else(|_| ProgressStyle::default_bar()),
+    );
+    bar.enable_steady_tick(Duration::from_millis(200));
+    let progress = Bar { bar };
+    tracing::info!(model = %package.manifest.name, device = %tower.device(), index = %args.index.display(), "indexing");
+    let report = spotter_indexer::run(&index, &tower, &request, &progress)?;
+    progress.bar.finish_and_clear();
+
+    if args.json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&report).unwrap_or_default()
+        );
+        return Ok(());
+    }
+    println!(
+        "{} images found: {} indexed, {} unchanged, {} moved, {} copies, {} deleted, {} failed ({:.1} s, {:.2} images/s on {}, {} proposals added)",
+        report.files_found,
+        report.indexed,
+        report.unchanged,
+        report.moved,
+        report.copied,
+        report.deleted,
+        report.failed.len(),
+        report.seconds,
+        report.images_per_second,
+        report.device,
+        report.proposals_added
+    );
+    for f in &report.failed {
+        println!("  failed: {}: {}", f.path.display(), f.reason);
+    }
+    for f in &report.walk_problems {
+        println!("  not walked: {}: {}", f.path.display(), f.reason);
+    }
+    Ok(())
+}
+
+/// Arguments of `spotter stats`.
+#[derive(Debug, Args)]
+pub struct StatsArgs {
+    /// Index folder.
+    #[arg(long, value_name = "DIR")]
+    pub index: PathBuf,
+    /// Print JSON.
+    #[arg(long)]
+    pub json: bool,
+    /// List every failed file with its reason.
+    #[arg(long)]
+    pub failures: bool,
+}
+
+/// Runs `spotter stats`.
+pub fn stats(args: &StatsArgs) -> Result<()> {
+    let index = Index::open(&args.index)?;
+    let stats = index.stats()?;
+    if args.json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&stats).unwrap_or_default()
+        );
+    } else {
+        println!("index       {}", stats.dir.display());
+        println!("model       {}", stats.model);
+        for root in &stats.roots {
+            println!("archive     {}", root.display());
+        }
+        println!(
+            "images      {} ({} indexed, {} failed)",
+            stats.images, stats.indexed, stats.failed
+        );
+        println!("proposals   {}", stats.proposals);
+        println!(
+            "vectors     {} live, {} deleted (spotter compact drops them)",
+            stats.vectors, stats.tombstones
+        );
+        println!(
+            "vector      {} floats, stored as {}",
+            stats.vector_dim,
+            if stats.half_precision { "f16" } else { "f32" }
+        );
+        println!("engine      {}", stats.vector_engine);
+        println!(
+            "disk        {:.1} MiB",
+            stats.disk_bytes as f64 / (1024.0 * 1024.0)
+        );
+    }
+    if args.failures {
+        for image in index.store().images() {
+            let (_, record) = image?;
+            if let spotter_indexer::records::ImageStatus::Failed(reason) = &record.status {
+                println!("failed: {}: {reason}", index.image_path(&record)?.display());
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Arguments of `spotter compact`.
+#[derive(Debug, Args)]
+pub struct CompactArgs {
+    /// Index folder.
+    #[arg(long, value_name = "DIR")]
+    pub index: PathBuf,
+}
+
+/// Runs `spotter compact`.
+pub fn compact(args: &CompactArgs) -> Result<()> {
+    let index = Index::open(&args.index)?;
+    let before = index.vectors().tombstones();
+    index.compact()?;
+    println!(
+        "dropped {before} deleted vectors; {} live",
+        index.vectors().len()
+    );
+    Ok(())
+}
+
+impl From<spotter_indexer::IndexError> for SpotterError {
+    fn from(e: spotter_indexer::IndexError) -> Self {
+        SpotterError::Index(e)
+    }
+}
