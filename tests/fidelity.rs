@@ -145,7 +145,7 @@ fn starter_model_matches_the_python_reference_on_sample_photos() {
         "coffee.png",
         "motorcycle_left.png",
         "astronaut.png",
-        "rocket.jpg",
+        "motorcycle_right.png",
     ]
     .iter()
     .map(|n| sample(n))
