@@ -53,7 +53,7 @@ import zlib
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, ImageEnhance, ImageOps, features
+from PIL import Image, ImageOps, ImageStat, features
 
 SAMPLES = Path(__file__).resolve().parent.parent / "data" / "samples"
 SAMPLE_NAMES = ["astronaut.png", "chelsea.png", "coffee.png", "motorcycle_left.png",
@@ -207,7 +207,7 @@ def cmd_bad(args):
     add("image.tiff", "indexed", "RGB TIFF (LZW compression) of motorcycle_right",
         img=load_sample("motorcycle_right.png"), compression="tiff_lzw")
     add("Ünïcödé name ✓.jpg", "indexed", "non-ASCII UTF-8 file name (NFC) with a space "
-        "and a check mark; JPEG of astronaut", img=astronaut, quality=90)
+        "and a check mark; JPEG of astronaut (quality 85)", img=astronaut, quality=85)
     add("name with  spaces .png", "indexed", "file name with a double space and a space "
         "before the extension; PNG of coffee", img=coffee)
     add("UPPER.JPG", "indexed", "upper-case .JPG extension; JPEG of chelsea",
@@ -217,7 +217,14 @@ def cmd_bad(args):
         add(f"good/{name}", "indexed", "normal RGB baseline JPEG photo (quality 90)",
             img=img, quality=90)
 
-    # Sanity checks on what we wrote.
+    # Sanity checks on what we wrote. Every file is byte-distinct, so an indexer that
+    # de-duplicates by content hash still has to index each "indexed" file.
+    digests = {}
+    for f in files:
+        d = hashlib.sha256((out / f["name"]).read_bytes()).hexdigest()
+        if d in digests:
+            die(f"{f['name']} is byte-identical to {digests[d]}")
+        digests[d] = f["name"]
     assert gray16 is not None and Image.open(out / "gray16.png").mode == "I;16"
     assert Image.open(out / "cmyk.jpg").mode == "CMYK"
     try:
@@ -313,18 +320,22 @@ def make_variant(src, rng):
     x0, y0 = rng.randint(0, w - cw), rng.randint(0, h - ch)
     img = img.crop((x0, y0, x0 + cw, y0 + ch))
     p["crop"] = [x0, y0, x0 + cw, y0 + ch]
+    scale = rng.uniform(0.5, 1.5)
+    nw, nh = max(16, round(img.width * scale)), max(16, round(img.height * scale))
+    img = img.resize((nw, nh), Image.Resampling.BICUBIC, reducing_gap=3.0)
+    p["scale"] = round(scale, 4)
     if rng.random() < 0.4:
         angle = rng.uniform(-4.0, 4.0)
-        img = img.rotate(angle, Image.Resampling.BICUBIC)
+        img = img.rotate(angle, Image.Resampling.BILINEAR)
         m = math.ceil(max(img.size) * math.sin(math.radians(abs(angle)))) + 1
         img = img.crop((m, m, img.width - m, img.height - m))  # drop the black corners
         p["rotate_deg"] = round(angle, 3)
-    scale = rng.uniform(0.5, 1.5)
-    nw, nh = max(16, round(img.width * scale)), max(16, round(img.height * scale))
-    img = img.resize((nw, nh), Image.Resampling.BICUBIC if scale > 1 else Image.Resampling.LANCZOS)
-    p["scale"] = round(scale, 4)
+    # Brightness b then contrast c around the mean grey level, as one lookup table
+    # (the formula of ImageEnhance.Brightness followed by ImageEnhance.Contrast, up to rounding).
     b, c = rng.uniform(0.8, 1.2), rng.uniform(0.8, 1.2)
-    img = ImageEnhance.Contrast(ImageEnhance.Brightness(img).enhance(b)).enhance(c)
+    mean = b * ImageStat.Stat(img.convert("L")).mean[0]
+    lut = [min(255, max(0, round((min(255.0, v * b) - mean) * c + mean))) for v in range(256)]
+    img = img.point(lut * len(img.getbands()))
     p["brightness"], p["contrast"] = round(b, 4), round(c, 4)
     q = rng.randint(60, 95)
     p["quality"] = q
@@ -338,45 +349,85 @@ def make_variant(src, rng):
     return jpeg_bytes(img, **kw), p
 
 
+_SAMPLES = None
+
+
+def _load_archive_samples():
+    global _SAMPLES
+    if _SAMPLES is None:
+        _SAMPLES = []
+        for name in SAMPLE_NAMES:
+            im = load_sample(name)
+            _SAMPLES.append((name, im if im.mode in ("RGB", "L") else im.convert("RGB")))
+    return _SAMPLES
+
+
+def _variant_job(job):
+    """(seed, index, attempt) -> (jpeg bytes, params); the same job always gives the same bytes."""
+    seed, i, attempt = job
+    samples = _load_archive_samples()
+    name, src = samples[i % len(samples)]
+    data, params = make_variant(src, random.Random(f"{seed}:{i}:{attempt}"))
+    return data, {"source": name, **params}
+
+
 def cmd_archive(args):
     if args.count < 1:
         die("--count must be at least 1")
+    if args.jobs < 1:
+        die("--jobs must be at least 1")
     out = prepare_out(args.out, args.force)
     t0 = time.perf_counter()
-    samples = []
-    for name in SAMPLE_NAMES:
-        im = load_sample(name)
-        samples.append((name, im if im.mode in ("RGB", "L") else im.convert("RGB")))
+    _load_archive_samples()
+    jobs = ((args.seed, i, 0) for i in range(args.count))
+    pool = None
+    if args.jobs > 1 and args.count >= 50:
+        import multiprocessing
+        pool = multiprocessing.Pool(args.jobs)
+        results = pool.imap(_variant_job, jobs, chunksize=8)
+    else:
+        results = map(_variant_job, jobs)
     seen = set()
     files = []
     total_bytes = 0
+    retries = 0
     made_dirs = set()
-    for i in range(args.count):
-        name, src = samples[i % len(samples)]
-        for attempt in range(100):
-            rng = random.Random(f"{args.seed}:{i}:{attempt}")
-            data, params = make_variant(src, rng)
+    try:
+        for i, (data, params) in enumerate(results):
             digest = hashlib.sha256(data).digest()
-            if digest not in seen:
-                break
-        else:
-            die(f"could not make a distinct variant for file {i}")
-        seen.add(digest)
-        folder = f"{i // 100:04d}"
-        if folder not in made_dirs:
-            (out / folder).mkdir(exist_ok=True)
-            made_dirs.add(folder)
-        rel = f"{folder}/img_{i:06d}.jpg"
-        (out / rel).write_bytes(data)
-        total_bytes += len(data)
-        files.append({"name": rel, "source": name, **params})
+            attempt = 0
+            while digest in seen:  # byte-identical to an earlier file: draw again
+                attempt += 1
+                retries += 1
+                if attempt > 100:
+                    die(f"could not make a distinct variant for file {i}")
+                data, params = _variant_job((args.seed, i, attempt))
+                digest = hashlib.sha256(data).digest()
+            seen.add(digest)
+            folder = f"{i // 100:04d}"
+            if folder not in made_dirs:
+                (out / folder).mkdir(exist_ok=True)
+                made_dirs.add(folder)
+            rel = f"{folder}/img_{i:06d}.jpg"
+            (out / rel).write_bytes(data)
+            total_bytes += len(data)
+            files.append({"name": rel, **params})
+    finally:
+        if pool is not None:
+            pool.terminate()
+            pool.join()
+    assert len(seen) == args.count
     write_manifest(out, {"generator": "scripts/make_test_corpus.py archive",
-                         "seed": args.seed, "count": args.count, "files": files})
+                         "seed": args.seed, "count": args.count,
+                         "note": "displayed_size is after EXIF orientation; crop is in source "
+                                 "pixels after the optional flip",
+                         "files": files})
     if args.force:
         warn_extras(out, [f["name"] for f in files] + ["manifest.json"])
     dt = time.perf_counter() - t0
-    return (f"archive: wrote {args.count} distinct JPEGs ({total_bytes / 1e6:.1f} MB) in "
-            f"{len(made_dirs)} folders under {out} in {dt:.1f}s ({args.count / dt:.0f} files/s)")
+    return (f"archive: wrote {args.count} byte-distinct JPEGs ({total_bytes / 1e6:.1f} MB, "
+            f"{retries} redraws) in {len(made_dirs)} folders under {out} in {dt:.1f}s "
+            f"({args.count / dt:.0f} files/s, {args.jobs if pool else 1} process(es))")
 
 
 # ---------------------------------------------------------------------------- main
@@ -401,6 +452,9 @@ def main():
     p = add("archive", "N distinct JPEG variants of the samples in OUT/0000/... (100 per folder)")
     p.add_argument("--count", type=int, default=50, metavar="N", help="number of images (default 50)")
     p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    p.add_argument("--jobs", type=int, default=min(8, os.cpu_count() or 1), metavar="J",
+                   help="worker processes (default: CPU count, at most 8); the output does "
+                        "not depend on it")
     args = ap.parse_args()
     t0 = time.perf_counter()
     summary = {"bad": cmd_bad, "exif": cmd_exif, "archive": cmd_archive}[args.cmd](args)

@@ -8,11 +8,24 @@ use common::*;
 fn detect_scores_the_cat_as_cat_not_car() {
     let out_png = scratch("cli-detect").join("annotated.png");
     let output = spotter()
-        .args(["detect", &sample("chelsea.png").display().to_string(), "--text", "cat,car", "--json", "--device", "cpu", "--out"])
+        .args([
+            "detect",
+            &sample("chelsea.png").display().to_string(),
+            "--text",
+            "cat,car",
+            "--json",
+            "--device",
+            "cpu",
+            "--out",
+        ])
         .arg(&out_png)
         .output()
         .unwrap();
-    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
     let lines: Vec<serde_json::Value> = String::from_utf8_lossy(&output.stdout)
         .lines()
         .map(|l| serde_json::from_str(l).unwrap())
@@ -24,7 +37,12 @@ fn detect_scores_the_cat_as_cat_not_car() {
     let car = top["scores"]["car"].as_f64().unwrap();
     assert!(cat > 0.5 && cat > car + 0.3, "cat {cat} vs car {car}");
     // The box covers most of the 451×300 photo, where the cat is.
-    let b: Vec<f64> = top["box"].as_array().unwrap().iter().map(|v| v.as_f64().unwrap()).collect();
+    let b: Vec<f64> = top["box"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_f64().unwrap())
+        .collect();
     assert!(b[2] - b[0] > 300.0 && b[3] - b[1] > 200.0, "{b:?}");
     let annotated = image::open(&out_png).unwrap();
     assert_eq!((annotated.width(), annotated.height()), (451, 300));
@@ -32,18 +50,33 @@ fn detect_scores_the_cat_as_cat_not_car() {
 
 #[test]
 fn detect_explains_bad_input() {
-    let output = spotter().args(["detect", "/nonexistent.jpg", "--text", "cat"]).output().unwrap();
+    let output = spotter()
+        .args(["detect", "/nonexistent.jpg", "--text", "cat"])
+        .output()
+        .unwrap();
     assert!(!output.status.success());
     let err = String::from_utf8_lossy(&output.stderr);
     assert!(err.contains("/nonexistent.jpg"), "{err}");
     let output = spotter()
-        .args(["detect", &sample("chelsea.png").display().to_string(), "--text", " , "])
+        .args([
+            "detect",
+            &sample("chelsea.png").display().to_string(),
+            "--text",
+            " , ",
+        ])
         .output()
         .unwrap();
     assert!(!output.status.success());
     assert!(String::from_utf8_lossy(&output.stderr).contains("at least one"));
     let output = spotter()
-        .args(["detect", &sample("chelsea.png").display().to_string(), "--text", "cat", "--model", "no-such-model"])
+        .args([
+            "detect",
+            &sample("chelsea.png").display().to_string(),
+            "--text",
+            "cat",
+            "--model",
+            "no-such-model",
+        ])
         .output()
         .unwrap();
     assert!(String::from_utf8_lossy(&output.stderr).contains("'no-such-model' not found"));
@@ -55,8 +88,16 @@ fn models_lists_the_installed_packages() {
     assert!(output.status.success());
     let names: Vec<String> = String::from_utf8_lossy(&output.stdout)
         .lines()
-        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["manifest"]["name"].as_str().unwrap().to_string())
+        .map(|l| {
+            serde_json::from_str::<serde_json::Value>(l).unwrap()["manifest"]["name"]
+                .as_str()
+                .unwrap()
+                .to_string()
+        })
         .collect();
     assert!(names.contains(&"starter".to_string()), "{names:?}");
-    assert!(names.contains(&"wedetect-synthetic".to_string()), "{names:?}");
+    assert!(
+        names.contains(&"wedetect-synthetic".to_string()),
+        "{names:?}"
+    );
 }

@@ -1,0 +1,263 @@
+//! End-to-end indexing: incremental runs, moves and copies without model work, deletions,
+//! several roots, and kill -9 at any moment followed by a resume that equals an uninterrupted run.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::time::Duration;
+
+use common::*;
+use spotter_indexer::{Index, IndexRequest, IndexSettings, NoProgress, RunReport, VectorIndex};
+use spotter_model::{Device, ImageTower, ModelPackage, ProposalParams, RuntimeOptions};
+
+const PHOTOS: [&str; 6] = [
+    "chelsea.png",
+    "coffee.png",
+    "motorcycle_left.png",
+    "motorcycle_right.png",
+    "astronaut.png",
+    "camera.png",
+];
+
+/// Writes `count` distinct images (crops and flips of the sample photos) under `dir`.
+fn make_archive(dir: &Path, count: usize) {
+    for i in 0..count {
+        let src = image::open(sample(PHOTOS[i % PHOTOS.len()])).unwrap();
+        let cut = (i / PHOTOS.len()) as u32 * 7;
+        let mut img = src.crop_imm(cut, cut / 2, src.width() - cut, src.height() - cut);
+        if i % 2 == 1 {
+            img = img.fliph();
+        }
+        let path = dir.join(format!("{:02}/img_{i:03}.png", i / 10));
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        img.save(&path).unwrap();
+    }
+}
+
+fn starter() -> (ModelPackage, ImageTower) {
+    let package = ModelPackage::open(package_dir("starter")).unwrap();
+    let tower = ImageTower::load(
+        &package,
+        &RuntimeOptions::default().with_device(Device::Cpu),
+    )
+    .unwrap();
+    (package, tower)
+}
+
+fn request(package: &ModelPackage, roots: &[&Path]) -> IndexRequest {
+    IndexRequest {
+        roots: roots.iter().map(|p| p.to_path_buf()).collect(),
+        walk: Default::default(),
+        batch: 4,
+        params: ProposalParams::from(&package.manifest.proposals),
+        limits: Default::default(),
+        retry_failed: false,
+        decode_threads: 2,
+        checkpoint_every: Duration::from_secs(300),
+    }
+}
+
+fn index_once(
+    dir: &Path,
+    roots: &[&Path],
+    package: &ModelPackage,
+    tower: &ImageTower,
+) -> RunReport {
+    let index = Index::open_for_model(dir, package, &IndexSettings::default()).unwrap();
+    spotter_indexer::run(&index, tower, &request(package, roots), &NoProgress).unwrap()
+}
+
+/// Everything an index says about its archive: path → sorted (box, objectness) list, rounded.
+fn content(dir: &Path) -> BTreeMap<String, Vec<[i64; 5]>> {
+    let index = Index::open(dir).unwrap();
+    let mut out = BTreeMap::new();
+    for image in index.store().images() {
+        let (id, record) = image.unwrap();
+        let mut props: Vec<[i64; 5]> = index
+            .store()
+            .proposals_of(id)
+            .unwrap()
+            .into_iter()
+            .map(|(_, p)| {
+                let b = p.bbox;
+                [b[0], b[1], b[2], b[3], p.objectness * 100.0]
+                    .map(|v| (v * 10.0).round() as i64 / 10)
+            })
+            .collect();
+        props.sort();
+        assert_eq!(props.len() as u32, record.proposals);
+        let old = out.insert(
+            index.image_path(&record).unwrap().display().to_string(),
+            props,
+        );
+        assert!(old.is_none(), "two records for one path");
+    }
+    // No lost and no duplicated vectors.
+    assert_eq!(
+        index.vectors().len(),
+        index.store().counts().1,
+        "vectors vs stored proposals"
+    );
+    out
+}
+
+#[test]
+fn incremental_runs_recognise_unchanged_moved_copied_changed_and_deleted_files() {
+    let root = scratch("incremental");
+    let (archive, other, dir) = (root.join("archive"), root.join("other"), root.join("index"));
+    make_archive(&archive, 8);
+    make_archive(&other, 2);
+    let (package, tower) = starter();
+
+    let first = index_once(&dir, &[&archive], &package, &tower);
+    assert_eq!(
+        (first.files_found, first.indexed, first.failed.len()),
+        (8, 8, 0)
+    );
+    assert!(first.proposals_added > 0);
+
+    let again = index_once(&dir, &[&archive], &package, &tower);
+    assert_eq!(
+        (again.indexed, again.unchanged),
+        (0, 8),
+        "second run must do no model work"
+    );
+
+    // Move + rename, copy, change, delete.
+    std::fs::create_dir_all(archive.join("moved")).unwrap();
+    std::fs::rename(
+        archive.join("00/img_000.png"),
+        archive.join("moved/renamed cat.png"),
+    )
+    .unwrap();
+    std::fs::copy(
+        archive.join("00/img_001.png"),
+        archive.join("moved/copy.png"),
+    )
+    .unwrap();
+    std::fs::remove_file(archive.join("00/img_002.png")).unwrap();
+    image::open(sample("astronaut.png"))
+        .unwrap()
+        .rotate90()
+        .save(archive.join("00/img_003.png"))
+        .unwrap();
+    let before = content(&dir);
+    let third = index_once(&dir, &[&archive], &package, &tower);
+    assert_eq!(
+        (
+            third.indexed,
+            third.moved,
+            third.copied,
+            third.deleted,
+            third.unchanged
+        ),
+        (1, 1, 1, 1, 5),
+        "{third:?}"
+    );
+    let after = content(&dir);
+    let old_cat = &before[&archive.join("00/img_000.png").display().to_string()];
+    assert_eq!(
+        &after[&archive.join("moved/renamed cat.png").display().to_string()],
+        old_cat
+    );
+    assert_eq!(
+        after[&archive.join("moved/copy.png").display().to_string()],
+        before[&archive.join("00/img_001.png").display().to_string()]
+    );
+    assert!(!after.contains_key(&archive.join("00/img_002.png").display().to_string()));
+
+    // A second root in the same index; the first root is left alone.
+    let fourth = index_once(&dir, &[&other], &package, &tower);
+    assert_eq!((fourth.indexed + fourth.copied, fourth.deleted), (2, 0));
+    let index = Index::open(&dir).unwrap();
+    let stats = index.stats().unwrap();
+    assert_eq!((stats.images, stats.roots.len()), (10, 2));
+    assert_eq!(stats.vectors, stats.proposals);
+    assert!(
+        stats.tombstones > 0,
+        "deleted and changed files leave tombstones"
+    );
+    index.compact().unwrap();
+    assert_eq!(index.vectors().tombstones(), 0);
+    drop(index);
+    assert_eq!(content(&dir).len(), 10);
+}
+
+#[test]
+fn an_index_refuses_another_model() {
+    let root = scratch("other-model");
+    make_archive(&root.join("a"), 1);
+    let (package, tower) = starter();
+    index_once(&root.join("index"), &[&root.join("a")], &package, &tower);
+    let synthetic = ModelPackage::open(package_dir("wedetect-synthetic")).unwrap();
+    let err = Index::open_for_model(&root.join("index"), &synthetic, &IndexSettings::default())
+        .err()
+        .unwrap();
+    assert!(
+        err.to_string().contains("was built with model 'starter'"),
+        "{err}"
+    );
+}
+
+fn spotter_index(archive: &Path, index: &Path) -> std::process::Command {
+    let mut cmd = spotter();
+    cmd.env("RUST_LOG", "error")
+        .args([
+            "index", "--quiet", "--device", "cpu", "--batch", "2", "--index",
+        ])
+        .arg(index)
+        .arg(archive);
+    cmd
+}
+
+#[test]
+fn kill_9_at_any_moment_then_resume_equals_an_uninterrupted_run() {
+    let root = scratch("kill9");
+    let archive = root.join("archive");
+    make_archive(&archive, 24);
+    let reference = root.join("reference");
+    let status = spotter_index(&archive, &reference).status().unwrap();
+    assert!(status.success());
+    let want = content(&reference);
+    assert_eq!(want.len(), 24);
+
+    let mut interrupted_mid_run = 0;
+    for (round, delay_ms) in [300u64, 900, 1600, 2600].into_iter().enumerate() {
+        let dir = root.join(format!("killed-{round}"));
+        let mut child = spotter_index(&archive, &dir).spawn().unwrap();
+        std::thread::sleep(Duration::from_millis(delay_ms));
+        let _ = child.kill(); // SIGKILL
+        let _ = child.wait();
+        // Resume: the same command, to completion.
+        let output = spotter_index(&archive, &dir)
+            .arg("--json")
+            .output()
+            .unwrap();
+        assert!(
+            output.status.success(),
+            "{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        let report: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+        let (unchanged, indexed) = (
+            report["unchanged"].as_u64().unwrap(),
+            report["indexed"].as_u64().unwrap(),
+        );
+        assert_eq!(unchanged + indexed, 24, "round {round}: {report}");
+        if unchanged > 0 && indexed > 0 {
+            interrupted_mid_run += 1;
+        }
+        let got = content(&dir);
+        assert_eq!(got.len(), want.len(), "round {round}: image count");
+        for (path, props) in &want {
+            let rel = Path::new(path).strip_prefix(&archive).unwrap();
+            let theirs = &got[&archive.join(rel).display().to_string()];
+            assert_eq!(theirs, props, "round {round}: {path}");
+        }
+    }
+    assert!(
+        interrupted_mid_run > 0,
+        "no kill landed in the middle of a run; adjust the delays"
+    );
+}
