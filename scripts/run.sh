@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Set up everything (idempotent) and run Spotter's main job on the starter model.
+# Set up everything (idempotent) and run Spotter's main job on the starter model:
+# index the sample photos into data/index, then search them.
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
@@ -7,12 +8,14 @@ cd "$ROOT"
 bash scripts/setup.sh
 SPOTTER="$ROOT/target/release/spotter"
 
-echo; echo "==> spotter models"
-"$SPOTTER" models
+echo; echo "==> spotter index data/samples --index data/index"
+"$SPOTTER" index data/samples --index data/index
 
-mkdir -p data/annotated
-for photo in data/samples/*.png data/samples/*.jpg; do
-  name="$(basename "${photo%.*}")"
-  echo; echo "==> spotter detect $photo"
-  "$SPOTTER" detect "$photo" --text "cat,car,motorcycle,person,cup,rocket" --out "data/annotated/$name.png"
+for query in "cat" "motorbike" "a mug of coffee" "person"; do
+  echo; echo "==> spotter search \"$query\" --index data/index"
+  "$SPOTTER" search "$query" --index data/index -k 5
 done
+
+echo
+echo "Index your own photos:  $SPOTTER index ~/Pictures --index ~/.spotter"
+echo "Then search them:       $SPOTTER search \"red car\" --index ~/.spotter"
