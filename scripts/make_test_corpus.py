@@ -191,11 +191,11 @@ def cmd_bad(args):
     add("cmyk.jpg", "indexed", "4-channel CMYK JPEG of coffee (Adobe APP14 marker, "
         "inverted CMYK as Pillow/Photoshop write it)", img=coffee.convert("CMYK"), quality=90)
     w, h = moto.size
-    alpha = Image.linear_gradient("L").resize((w, h)).rotate(90, expand=False)  # fades left->right
+    alpha = Image.linear_gradient("L").resize((w, h)).rotate(90, expand=False)  # alpha 0 at the left edge, 255 at the right
     rgba = moto.convert("RGBA")
     rgba.putalpha(alpha)
     add("alpha.png", "indexed", "RGBA PNG of motorcycle_left with a horizontal alpha "
-        "gradient (fully transparent at one side, opaque at the other)", img=rgba)
+        "gradient (alpha 0 = transparent at the left edge rising to 255 at the right)", img=rgba)
     add("palette.gif", "indexed", "palette (mode P, 256-colour adaptive) GIF of rocket",
         img=rocket.convert("P", palette=Image.Palette.ADAPTIVE, colors=256))
     if features.check("webp"):

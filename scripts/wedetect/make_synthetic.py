@@ -138,7 +138,7 @@ def make_weights(rng, dim):
         # mean objectness logit: about -1.7 on every level (level 0's image-dependent part adds
         # about +1.3 on average, hence its lower target)
         m_l = (OBJ_TARGET[li] - b) / (cos_p * s)
-        g_l = 2.5 / s  # image-dependent spread of about +-1.5 logits
+        g_l = 2.5 / s * np.sqrt(32.0 / dim)  # image-dependent spread of about +-1.5 logits, any D
         W[f"bn{li}_mean"] = rng.standard_normal(dim) * 0.05
         W[f"bn{li}_var"] = 0.25 + rng.random(dim) * 0.1
         W[f"bn{li}_gamma"] = g_l * (0.8 + 0.4 * rng.random(dim))
