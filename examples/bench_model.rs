@@ -6,7 +6,9 @@
 
 use std::time::Instant;
 
-use spotter_model::{decode_file, Device, ImageTower, ModelPackage, ProposalParams, RuntimeOptions};
+use spotter_model::{
+    decode_file, Device, ImageTower, ModelPackage, ProposalParams, RuntimeOptions,
+};
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let args: Vec<String> = std::env::args().collect();
@@ -17,7 +19,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let package = ModelPackage::open(&args[1])?;
     let batch: usize = args[3].parse()?;
     let count: usize = args[4].parse()?;
-    let tower = ImageTower::load(&package, &RuntimeOptions::default().with_device(Device::Auto))?;
+    let tower = ImageTower::load(
+        &package,
+        &RuntimeOptions::default().with_device(Device::Auto),
+    )?;
     let params = ProposalParams::from(&package.manifest.proposals);
     let mut photos = Vec::new();
     for entry in std::fs::read_dir(&args[2])? {
@@ -29,13 +34,19 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     if photos.is_empty() {
         return Err("no decodable image in IMAGES_DIR".into());
     }
-    let inputs: Vec<_> = (0..count).map(|i| photos[i % photos.len()].clone()).collect();
+    let inputs: Vec<_> = (0..count)
+        .map(|i| photos[i % photos.len()].clone())
+        .collect();
     // Warm-up.
     tower.detect(&inputs[..batch.min(inputs.len())], &params)?;
     let started = Instant::now();
     let mut proposals = 0;
     for chunk in inputs.chunks(batch) {
-        proposals += tower.detect(chunk, &params)?.iter().map(Vec::len).sum::<usize>();
+        proposals += tower
+            .detect(chunk, &params)?
+            .iter()
+            .map(Vec::len)
+            .sum::<usize>();
     }
     let secs = started.elapsed().as_secs_f64();
     println!(
