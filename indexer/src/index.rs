@@ -11,21 +11,12 @@ use crate::store::Store;
 use crate::vectors::{HnswParams, HnswVectors, VectorIndex};
 
 /// Settings chosen when an index is created.
-#[derive(Debug, Clone, Copy, PartialEq)]
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
 pub struct IndexSettings {
     /// Store vectors as f16 on disk.
     pub half_precision: bool,
     /// HNSW parameters.
     pub hnsw: HnswParams,
-}
-
-impl Default for IndexSettings {
-    fn default() -> Self {
-        IndexSettings {
-            half_precision: false,
-            hnsw: HnswParams::default(),
-        }
-    }
 }
 
 /// One search hit: a proposal, its image and the model's logit.

@@ -274,7 +274,7 @@ mod tests {
     #[test]
     fn tensor_has_pad_value_outside_and_normalised_bgr_pixels_inside() {
         let spec = spec();
-        let mut pre = Preprocessor::new(&spec);
+        let pre = Preprocessor::new(&spec);
         let image = RgbImage::from_pixel(100, 50, image::Rgb([10, 20, 30]));
         let mut out = vec![0f32; pre.tensor_len()];
         let lb = pre.letterbox_into(&image, &mut out).unwrap();

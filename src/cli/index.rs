@@ -1,6 +1,7 @@
 //! `spotter index`, `spotter stats`, `spotter compact`.
 
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use clap::Args;
@@ -74,6 +75,8 @@ pub struct IndexArgs {
 
 struct Bar {
     bar: ProgressBar,
+    proposals: AtomicUsize,
+    failed: AtomicUsize,
 }
 
 impl Progress for Bar {
@@ -85,10 +88,21 @@ impl Progress for Bar {
         ));
         self.bar.reset_eta();
     }
-    fn file_done(&self, path: &std::path::Path, _proposals: usize, failed: bool) {
+    fn file_done(&self, path: &std::path::Path, proposals: usize, failed: bool) {
+        let total = self.proposals.fetch_add(proposals, Ordering::Relaxed) + proposals;
+        let failures = self
+            .failed
+            .fetch_add(usize::from(failed), Ordering::Relaxed)
+            + usize::from(failed);
         if failed {
-            self.bar.println(format!("skipped {}", path.display()));
+            self.bar
+                .println(format!("skipped (unreadable): {}", path.display()));
         }
+        let secs = self.bar.elapsed().as_secs_f64().max(1e-3);
+        self.bar.set_message(format!(
+            "{total} objects ({:.1}/s), {failures} failed",
+            total as f64 / secs
+        ));
         self.bar.inc(1);
     }
     fn note(&self, message: &str) {
@@ -150,7 +164,11 @@ pub fn run(args: &IndexArgs) -> Result<()> {
         .unwrap_or_else(|_| ProgressStyle::default_bar()),
     );
     bar.enable_steady_tick(Duration::from_millis(200));
-    let progress = Bar { bar };
+    let progress = Bar {
+        bar,
+        proposals: AtomicUsize::new(0),
+        failed: AtomicUsize::new(0),
+    };
     tracing::info!(model = %package.manifest.name, device = %tower.device(), index = %args.index.display(), "indexing");
     let report = spotter_indexer::run(&index, &tower, &request, &progress)?;
     progress.bar.finish_and_clear();
