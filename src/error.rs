@@ -17,9 +17,12 @@ pub enum SpotterError {
         /// The I/O error.
         source: std::io::Error,
     },
-    /// Bad command-line input.
+    /// Bad command-line or request input.
     #[error("{0}")]
     Usage(String),
+    /// An id that does not exist.
+    #[error("{0}")]
+    NotFound(String),
     /// An image could not be encoded.
     #[error("cannot write image {path}: {message}")]
     Encode {

@@ -1,9 +1,14 @@
 //! Spotter: a self-hosted search engine for objects in image archives.
 //!
-//! This crate holds the `spotter` command line; the model layer is the `spotter-model` crate.
+//! This crate holds the `spotter` command line, the query language, the search engine and the
+//! HTTP server; the model layer is `spotter-model`, the indexer `spotter-indexer`.
 
 pub mod cli;
 pub mod draw;
+pub mod engine;
 pub mod error;
+pub mod lru;
+pub mod query;
+pub mod server;
 
 pub use error::{Result, SpotterError};

@@ -69,6 +69,9 @@ pub struct RuntimeOptions {
     pub intra_threads: Option<usize>,
     /// CUDA device ordinal.
     pub cuda_device_id: i32,
+    /// Let ONNX Runtime's idle worker threads spin (lower latency for a lone process; steals CPU
+    /// from decoding threads in a pipeline). Off by default.
+    pub spin_threads: bool,
 }
 
 impl RuntimeOptions {
@@ -191,6 +194,13 @@ fn base_builder(options: &RuntimeOptions) -> Result<ort::session::builder::Sessi
     builder = builder
         .with_optimization_level(ort::session::builder::GraphOptimizationLevel::All)
         .map_err(|e| ModelError::ort("setting optimisation level", e))?;
+    if !options.spin_threads {
+        builder = builder
+            .with_config_entry("session.intra_op.allow_spinning", "0")
+            .map_err(|e| ModelError::ort("disabling thread spinning", e))?
+            .with_config_entry("session.inter_op.allow_spinning", "0")
+            .map_err(|e| ModelError::ort("disabling thread spinning", e))?;
+    }
     if let Some(threads) = options.intra_threads {
         builder = builder
             .with_intra_threads(threads.max(1))

@@ -39,7 +39,7 @@ def main():
     outs = im["outputs"]
     names = [outs["boxes"], outs["objectness"], outs["embeddings"]] + ([outs["levels"]] if outs.get("levels") else [])
     started = time.perf_counter()
-    stored, total = [], 0
+    stored, total, model_secs = [], 0, 0.0
     for i in range(0, len(files), args.batch):
         chunk = files[i:i + args.batch]
         tensors, boxes_meta = [], []
@@ -48,13 +48,15 @@ def main():
             canvas, lb = letterbox(img, manifest)
             tensors.append(to_tensor(canvas, manifest))
             boxes_meta.append((lb, img.size))
+        t = time.perf_counter()
         res = session.run(names, {im["input"]: np.stack(tensors)})
+        model_secs += time.perf_counter() - t
         for b, (lb, (w, h)) in enumerate(boxes_meta):
             boxes = res[0][b].reshape(-1, 4)
             obj = res[1][b].reshape(-1)
             emb = res[2][b].reshape(obj.shape[0], -1)
             lv = res[3][b].reshape(-1).astype(np.int64) if len(res) > 3 else np.zeros(obj.shape[0], np.int64)
-            keep = select_proposals(boxes, obj, prop["objectness_threshold"], prop["nms_iou"], prop["max_per_image"])
+            keep, _ = select_proposals(boxes, obj, prop["objectness_threshold"], prop["nms_iou"], prop["max_per_image"])
             for k in keep:
                 x1, y1, x2, y2 = boxes[k]
                 r = lb["ratio"]
@@ -65,7 +67,8 @@ def main():
             total += len(keep)
     secs = time.perf_counter() - started
     print(json.dumps({"images": len(files), "seconds": round(secs, 3),
-                      "images_per_second": round(len(files) / secs, 3), "proposals": total}))
+                      "images_per_second": round(len(files) / secs, 3), "proposals": total,
+                      "model_seconds": round(model_secs, 3)}))
 
 
 if __name__ == "__main__":

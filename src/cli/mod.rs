@@ -4,6 +4,7 @@ pub mod detect;
 pub mod index;
 pub mod models;
 pub mod search;
+pub mod serve;
 
 use std::path::PathBuf;
 
@@ -46,7 +47,15 @@ pub enum Command {
     /// deleted ones. Interrupt it at any time: the next run continues where it stopped.
     Index(index::IndexArgs),
     /// Search an index by text and print the best matching objects.
+    ///
+    /// Query language: `cat`; `"red car"`; `cat, dog` (either); `cat -dog` (drop objects that
+    /// look more like a dog); `2:cat, dog` (rank cat matches higher).
     Search(search::SearchArgs),
+    /// Serve the search page and the HTTP API over an index.
+    ///
+    /// Open http://127.0.0.1:7878/ after starting it. With --archive, the archives are indexed
+    /// in the background while the server answers.
+    Serve(serve::ServeArgs),
     /// Show what an index holds.
     Stats(index::StatsArgs),
     /// Rebuild the vector index without deleted entries.
@@ -98,6 +107,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Models(args) => models::run(&args),
         Command::Index(args) => index::run(&args),
         Command::Search(args) => search::run(&args),
+        Command::Serve(args) => serve::run(&args),
         Command::Stats(args) => index::stats(&args),
         Command::Compact(args) => index::compact(&args),
     }

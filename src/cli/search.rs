@@ -1,18 +1,19 @@
 //! `spotter search`: text query against an index, from the terminal.
 
 use std::path::PathBuf;
+use std::sync::Arc;
 
 use clap::Args;
 use spotter_indexer::Index;
-use spotter_model::{ModelPackage, Scoring, TextTower};
 
 use super::ModelArgs;
+use crate::engine::{Filters, SearchEngine, SearchParams, MAX_K};
 use crate::error::{Result, SpotterError};
 
 /// Arguments of `spotter search`.
 #[derive(Debug, Args)]
 pub struct SearchArgs {
-    /// What to look for, e.g. "red car".
+    /// What to look for: `cat`, `"red car"`, `cat, dog`, `cat -dog`, `2:cat, dog`.
     pub query: String,
     /// Index folder.
     #[arg(long, value_name = "DIR")]
@@ -20,12 +21,18 @@ pub struct SearchArgs {
     /// Number of objects to return.
     #[arg(short, default_value_t = 10)]
     pub k: usize,
+    /// Skip this many results (paging).
+    #[arg(long, default_value_t = 0)]
+    pub offset: usize,
     /// Minimum score (the model's probability; default: the manifest's).
     #[arg(long)]
     pub threshold: Option<f32>,
-    /// HNSW search breadth (higher: better recall, slower).
-    #[arg(long, default_value_t = 128)]
-    pub ef: usize,
+    /// HNSW search breadth (higher: better recall, slower; default adapts to k).
+    #[arg(long)]
+    pub ef: Option<usize>,
+    /// Only images whose path inside the archive starts with this.
+    #[arg(long, value_name = "PREFIX")]
+    pub path: Option<String>,
     /// Print JSON lines.
     #[arg(long)]
     pub json: bool,
@@ -35,52 +42,67 @@ pub struct SearchArgs {
 
 /// Runs `spotter search`.
 pub fn run(args: &SearchArgs) -> Result<()> {
-    let query = args.query.trim();
-    if query.is_empty() {
-        return Err(SpotterError::Usage("the query is empty".into()));
+    let query = crate::query::parse(&args.query).map_err(SpotterError::Usage)?;
+    if args.k == 0 || args.k > MAX_K {
+        return Err(SpotterError::Usage(format!(
+            "-k must be between 1 and {MAX_K}"
+        )));
     }
-    if args.k == 0 {
-        return Err(SpotterError::Usage("-k must be at least 1".into()));
+    if let Some(t) = args.threshold {
+        if !(0.0..=1.0).contains(&t) {
+            return Err(SpotterError::Usage(
+                "--threshold must be between 0 and 1".into(),
+            ));
+        }
     }
-    let index = Index::open(&args.index)?;
+    let index = Arc::new(Index::open(&args.index)?);
     let mut model = args.model.clone();
     model.model = index.meta().model.clone();
-    let package: ModelPackage = model.package()?;
-    let text = TextTower::load(&package, &model.runtime())?;
-    let scoring = Scoring::new(&package.manifest.scoring);
-    let q = scoring.query_vector(&text.embed_queries(&[query])?[0]);
-    let threshold = args
-        .threshold
-        .unwrap_or(package.manifest.scoring.default_threshold);
-    let hits = index.search(&q, args.k, args.ef.max(args.k))?;
-    let mut shown = 0;
-    for hit in hits {
-        let score = scoring.probability(hit.logit);
-        if score < threshold {
-            break;
-        }
-        shown += 1;
-        let path = index.image_path(&hit.image)?;
-        let b = hit.proposal.bbox;
+    let engine = SearchEngine::new(index.clone(), model.package()?, &model.runtime())?;
+    let params = SearchParams {
+        k: args.k,
+        offset: args.offset,
+        threshold: args.threshold,
+        ef: args.ef,
+        filters: Filters {
+            path_prefix: args.path.clone(),
+            ..Default::default()
+        },
+    };
+    let result = engine.search(&query, &params)?;
+    for hit in &result.hits {
+        let record = index.store().image(hit.image)?;
+        let path = match &record {
+            Some(r) => index.image_path(r)?,
+            None => PathBuf::from(&hit.path),
+        };
+        let b = hit.bbox;
         if args.json {
-            let line = serde_json::json!({
-                "score": score, "path": path, "box": b, "objectness": hit.proposal.objectness,
-                "proposal": hit.proposal_id, "image": hit.image_id,
-            });
+            let mut line = serde_json::to_value(hit).unwrap_or_default();
+            line["path"] = serde_json::json!(path);
             println!("{line}");
         } else {
             println!(
-                "{score:.3}  {}  ({:.0}, {:.0}, {:.0}, {:.0})",
+                "{:.3}  {}  ({:.0}, {:.0}, {:.0}, {:.0})  {}",
+                hit.score,
                 path.display(),
                 b[0],
                 b[1],
                 b[2],
-                b[3]
+                b[3],
+                hit.concept
             );
         }
     }
-    if shown == 0 && !args.json {
-        eprintln!("no object scored {threshold} or more for {query:?}; try --threshold 0.1");
+    if result.hits.is_empty() && !args.json {
+        eprintln!(
+            "no object scored {} or more; try a lower --threshold",
+            result.threshold
+        );
+    } else if let Some(next) = result.next_offset {
+        if !args.json {
+            eprintln!("more results: --offset {next}");
+        }
     }
     Ok(())
 }

@@ -1,0 +1,119 @@
+//! `spotter serve`: the HTTP API and the web page over an index (optionally indexing archives
+//! in the background of the same process, since an index is opened by one process at a time).
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use clap::Args;
+use spotter_indexer::{Index, IndexRequest, IndexSettings, NoProgress};
+use spotter_model::{ImageTower, ProposalParams};
+
+use super::ModelArgs;
+use crate::engine::SearchEngine;
+use crate::error::{Result, SpotterError};
+use crate::server::{serve, ServerConfig};
+
+/// Arguments of `spotter serve`.
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// Index folder.
+    #[arg(long, value_name = "DIR")]
+    pub index: PathBuf,
+    /// Address to listen on; the default only accepts connections from this machine.
+    #[arg(long, default_value = "127.0.0.1:7878")]
+    pub addr: SocketAddr,
+    /// Require this bearer token on every request (also accepted as ?token=).
+    #[arg(long, env = "SPOTTER_TOKEN")]
+    pub token: Option<String>,
+    /// Archives to index in the background while serving (the index grows as you search).
+    #[arg(long = "archive", value_name = "DIR")]
+    pub archives: Vec<PathBuf>,
+    /// Re-scan the archives every N minutes (0: once at start).
+    #[arg(long, default_value_t = 0)]
+    pub rescan_minutes: u64,
+    /// Longest time a request may take, in seconds.
+    #[arg(long, default_value_t = 30)]
+    pub request_timeout: u64,
+    /// Longest side of thumbnails in pixels.
+    #[arg(long, default_value_t = 320)]
+    pub thumb_size: u32,
+    /// Thumbnails kept in memory.
+    #[arg(long, default_value_t = 2000)]
+    pub thumb_cache: usize,
+    #[command(flatten)]
+    pub model: ModelArgs,
+}
+
+/// Runs `spotter serve`.
+pub fn run(args: &ServeArgs) -> Result<()> {
+    let mut model = args.model.clone();
+    let index = if args.archives.is_empty() {
+        Arc::new(Index::open(&args.index)?)
+    } else {
+        let package = model.package()?;
+        Arc::new(Index::open_for_model(
+            &args.index,
+            &package,
+            &IndexSettings::default(),
+        )?)
+    };
+    model.model = index.meta().model.clone();
+    let package = model.package()?;
+    let engine = Arc::new(SearchEngine::new(
+        index.clone(),
+        package.clone(),
+        &model.runtime(),
+    )?);
+
+    if !args.archives.is_empty() {
+        let tower = ImageTower::load(&package, &model.runtime())?;
+        let request = IndexRequest {
+            roots: args.archives.clone(),
+            walk: Default::default(),
+            batch: tower.fixed_batch().unwrap_or(4),
+            params: ProposalParams::from(&package.manifest.proposals),
+            limits: Default::default(),
+            retry_failed: false,
+            decode_threads: 0,
+            checkpoint_every: Duration::from_secs(300),
+        };
+        let every = Duration::from_secs(args.rescan_minutes * 60);
+        std::thread::Builder::new()
+            .name("spotter-indexer".into())
+            .spawn(move || loop {
+                match spotter_indexer::run(&index, &tower, &request, &NoProgress) {
+                    Ok(r) => tracing::info!(
+                        indexed = r.indexed,
+                        unchanged = r.unchanged,
+                        failed = r.failed.len(),
+                        deleted = r.deleted,
+                        "background indexing pass done"
+                    ),
+                    Err(e) => tracing::error!(error = %e, "background indexing failed"),
+                }
+                if every.is_zero() {
+                    break;
+                }
+                std::thread::sleep(every);
+            })
+            .map_err(|e| SpotterError::Usage(format!("cannot start the indexing thread: {e}")))?;
+    }
+
+    let config = ServerConfig {
+        addr: args.addr,
+        token: args.token.clone().filter(|t| !t.is_empty()),
+        request_timeout: Duration::from_secs(args.request_timeout.max(1)),
+        thumb_size: args.thumb_size,
+        thumb_cache_entries: args.thumb_cache,
+    };
+    if !config.addr.ip().is_loopback() && config.token.is_none() {
+        tracing::warn!("listening on {} without --token: anyone who can reach this address can search and download your images", config.addr);
+    }
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| SpotterError::Usage(format!("cannot start the server runtime: {e}")))?;
+    runtime.block_on(serve(engine, config))
+}

@@ -1,0 +1,142 @@
+//! Query-string parameters of the search routes, validated with messages a user can act on.
+
+use std::collections::HashMap;
+
+use crate::engine::{Filters, SearchParams, MAX_K};
+use crate::query::{parse, Query};
+
+/// Raw query-string parameters.
+pub type RawParams = HashMap<String, String>;
+
+/// Default page size.
+pub const DEFAULT_K: usize = 40;
+/// Largest accepted offset.
+pub const MAX_OFFSET: usize = 1_000_000;
+
+fn number<T: std::str::FromStr>(raw: &RawParams, name: &str) -> Result<Option<T>, String> {
+    match raw.get(name).map(|s| s.trim()).filter(|s| !s.is_empty()) {
+        None => Ok(None),
+        Some(s) => s
+            .parse()
+            .map(Some)
+            .map_err(|_| format!("parameter {name}='{s}' is not a valid number")),
+    }
+}
+
+/// Parses `q` (when `with_query`), `k`, `offset`, `threshold`, `ef`, `group`, `path`, `root`,
+/// `min_width`, `min_height`. Returns the query, the parameters and whether to group by image.
+pub fn parse_search(
+    raw: &RawParams,
+    with_query: bool,
+) -> Result<(Option<Query>, SearchParams, bool), String> {
+    let query = if with_query {
+        match raw.get("q") {
+            None => return Err("missing parameter q (the text to search for)".into()),
+            Some(q) => Some(parse(q)?),
+        }
+    } else {
+        None
+    };
+    let k = number::<usize>(raw, "k")?.unwrap_or(DEFAULT_K);
+    if k == 0 || k > MAX_K {
+        return Err(format!(
+            "k must be between 1 and {MAX_K} (use offset to page further)"
+        ));
+    }
+    let offset = number::<usize>(raw, "offset")?.unwrap_or(0);
+    if offset > MAX_OFFSET {
+        return Err(format!("offset must be at most {MAX_OFFSET}"));
+    }
+    let threshold = number::<f32>(raw, "threshold")?;
+    if let Some(t) = threshold {
+        if !t.is_finite() || !(0.0..=1.0).contains(&t) {
+            return Err("threshold must be a number between 0 and 1".into());
+        }
+    }
+    let ef = number::<usize>(raw, "ef")?;
+    if ef.is_some_and(|e| e == 0 || e > 10_000) {
+        return Err("ef must be between 1 and 10000".into());
+    }
+    let group_images = match raw.get("group").map(String::as_str) {
+        None | Some("objects") => false,
+        Some("images") => true,
+        Some(other) => {
+            return Err(format!(
+                "group must be 'objects' or 'images', not '{other}'"
+            ))
+        }
+    };
+    let filters = Filters {
+        path_prefix: raw.get("path").filter(|p| !p.is_empty()).cloned(),
+        root: number(raw, "root")?,
+        min_width: number(raw, "min_width")?,
+        min_height: number(raw, "min_height")?,
+    };
+    Ok((
+        query,
+        SearchParams {
+            k,
+            offset,
+            threshold,
+            ef,
+            filters,
+        },
+        group_images,
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn raw(pairs: &[(&str, &str)]) -> RawParams {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn bad_parameters_get_messages() {
+        assert!(parse_search(&raw(&[]), true)
+            .unwrap_err()
+            .contains("missing parameter q"));
+        assert!(parse_search(&raw(&[("q", "")]), true)
+            .unwrap_err()
+            .contains("empty"));
+        assert!(parse_search(&raw(&[("q", "cat"), ("k", "0")]), true)
+            .unwrap_err()
+            .contains("k must be"));
+        assert!(parse_search(&raw(&[("q", "cat"), ("k", "99999")]), true)
+            .unwrap_err()
+            .contains("k must be"));
+        assert!(parse_search(&raw(&[("q", "cat"), ("k", "ten")]), true)
+            .unwrap_err()
+            .contains("not a valid number"));
+        assert!(
+            parse_search(&raw(&[("q", "cat"), ("threshold", "NaN")]), true)
+                .unwrap_err()
+                .contains("threshold")
+        );
+        assert!(
+            parse_search(&raw(&[("q", "cat"), ("threshold", "2")]), true)
+                .unwrap_err()
+                .contains("threshold")
+        );
+        assert!(parse_search(&raw(&[("q", "cat"), ("group", "x")]), true)
+            .unwrap_err()
+            .contains("group"));
+        let (q, p, g) = parse_search(
+            &raw(&[
+                ("q", "cat"),
+                ("k", "5"),
+                ("offset", "10"),
+                ("group", "images"),
+            ]),
+            true,
+        )
+        .unwrap();
+        assert_eq!(q.unwrap().positives[0].text, "cat");
+        assert_eq!((p.k, p.offset, g), (5, 10, true));
+    }
+}

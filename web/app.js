@@ -1,0 +1,180 @@
+// Spotter search page: plain JavaScript, no build step, no external resources.
+"use strict";
+
+const params = new URLSearchParams(location.search);
+const token = params.get("token");
+const $ = (id) => document.getElementById(id);
+const grid = $("grid"), status = $("status"), input = $("q"), slider = $("threshold");
+const PAGE = 40;
+
+let state = { query: "", similar: null, offset: 0, next: 0, loading: false, generation: 0, threshold: null };
+
+function withToken(url) {
+  if (!token) return url;
+  return url + (url.includes("?") ? "&" : "?") + "token=" + encodeURIComponent(token);
+}
+
+async function api(path) {
+  const res = await fetch(withToken(path), { headers: token ? { Authorization: "Bearer " + token } : {} });
+  let body;
+  try { body = await res.json(); } catch { body = { error: res.statusText }; }
+  if (!res.ok) throw new Error(body.error || res.statusText);
+  return body;
+}
+
+function setStatus(text, isError = false) {
+  status.textContent = text;
+  status.classList.toggle("error", isError);
+}
+
+function svgBoxes(svg, width, height, boxes, labels) {
+  svg.setAttribute("viewBox", `0 0 ${width} ${height}`);
+  svg.setAttribute("preserveAspectRatio", "none");
+  svg.replaceChildren();
+  const ns = "http://www.w3.org/2000/svg";
+  boxes.forEach((b, i) => {
+    const [x1, y1, x2, y2] = b.box;
+    const r = document.createElementNS(ns, "rect");
+    r.setAttribute("x", x1); r.setAttribute("y", y1);
+    r.setAttribute("width", Math.max(1, x2 - x1)); r.setAttribute("height", Math.max(1, y2 - y1));
+    r.dataset.proposal = b.proposal;
+    svg.appendChild(r);
+    if (labels) {
+      const t = document.createElementNS(ns, "text");
+      t.setAttribute("x", x1 + 4); t.setAttribute("y", y1 + 16 * width / Math.max(svg.clientWidth, 1));
+      t.setAttribute("font-size", 14 * width / Math.max(svg.clientWidth, 1));
+      t.textContent = `${i + 1}. ${b.score.toFixed(2)}`;
+      svg.appendChild(t);
+    }
+  });
+}
+
+function card(img) {
+  const el = document.createElement("button");
+  el.className = "card";
+  el.type = "button";
+  el.title = img.path;
+  el.innerHTML = `<div class="frame"><img loading="lazy" alt=""><svg></svg></div>
+    <div class="meta"><span class="path"></span><span class="score"></span></div>`;
+  const pic = el.querySelector("img");
+  pic.src = withToken(`/api/thumbs/${img.image}`);
+  pic.alt = img.path;
+  svgBoxes(el.querySelector("svg"), img.width, img.height, img.boxes, false);
+  el.querySelector(".path").textContent = img.path;
+  el.querySelector(".score").textContent = img.score.toFixed(2);
+  el.addEventListener("click", () => openViewer(img));
+  return el;
+}
+
+async function load(reset) {
+  if (!state.query && state.similar === null) return;
+  if (!reset && (state.loading || state.next === null)) return;
+  const generation = reset ? ++state.generation : state.generation;
+  if (reset) { state.offset = 0; state.next = 0; grid.replaceChildren(); }
+  state.loading = true;
+  const q = new URLSearchParams({ k: PAGE, offset: state.next, group: "images" });
+  if (state.threshold !== null) q.set("threshold", state.threshold);
+  const path = state.similar !== null
+    ? `/api/similar/${state.similar}?${q}`
+    : `/api/search?${q}&q=${encodeURIComponent(state.query)}`;
+  if (reset) setStatus("Searching…");
+  try {
+    const result = await api(path);
+    if (generation !== state.generation) return;
+    result.images.forEach((img) => grid.appendChild(card(img)));
+    state.next = result.next_offset;
+    const shown = grid.children.length;
+    const t = result.timings;
+    if (shown === 0) {
+      setStatus(`Nothing scored ${result.threshold.toFixed(2)} or more. Try other words or lower the min score.`);
+    } else {
+      setStatus(`${shown}${state.next !== null ? "+" : ""} images · text ${t.text_ms.toFixed(0)} ms, index ${t.ann_ms.toFixed(0)} ms, records ${t.meta_ms.toFixed(0)} ms`);
+    }
+  } catch (err) {
+    if (generation === state.generation) setStatus(err.message, true);
+  } finally {
+    if (generation === state.generation) state.loading = false;
+  }
+  // Keep filling while the sentinel is still visible (tall screens).
+  if (state.next !== null && isVisible($("sentinel"))) load(false);
+}
+
+function isVisible(el) {
+  const r = el.getBoundingClientRect();
+  return r.top < innerHeight + 400;
+}
+
+function openViewer(img) {
+  const dialog = $("viewer");
+  $("viewer-title").textContent = `${img.path} (${img.width}×${img.height})`;
+  const pic = $("viewer-img");
+  const svg = $("viewer-boxes");
+  pic.onload = () => svgBoxes(svg, img.width, img.height, img.boxes, true);
+  pic.src = withToken(`/api/images/${img.image}`);
+  const list = $("viewer-list");
+  list.replaceChildren();
+  img.boxes.forEach((b) => {
+    const li = document.createElement("li");
+    li.textContent = `${b.concept}: ${b.score.toFixed(3)} (objectness ${b.objectness.toFixed(2)}) at ${b.box.map((v) => Math.round(v)).join(", ")}`;
+    const more = document.createElement("button");
+    more.type = "button";
+    more.textContent = "more like this";
+    more.addEventListener("click", () => {
+      dialog.close();
+      state.similar = b.proposal;
+      input.value = "";
+      history.replaceState(null, "", `?similar=${b.proposal}${token ? "&token=" + encodeURIComponent(token) : ""}`);
+      load(true);
+    });
+    li.appendChild(more);
+    list.appendChild(li);
+  });
+  dialog.showModal();
+}
+
+$("viewer-close").addEventListener("click", () => $("viewer").close());
+$("viewer").addEventListener("click", (e) => { if (e.target === $("viewer")) $("viewer").close(); });
+
+let timer = null;
+input.addEventListener("input", () => {
+  clearTimeout(timer);
+  timer = setTimeout(() => search(input.value), 250);
+});
+$("search-form").addEventListener("submit", (e) => { e.preventDefault(); clearTimeout(timer); search(input.value); });
+
+function search(text) {
+  state.query = text.trim();
+  state.similar = null;
+  const url = new URLSearchParams();
+  if (state.query) url.set("q", state.query);
+  if (token) url.set("token", token);
+  history.replaceState(null, "", url.toString() ? `?${url}` : location.pathname);
+  if (!state.query) { grid.replaceChildren(); setStatus("Type what you are looking for: cat, \"red car\", bike -person, 2:dog, cat"); return; }
+  load(true);
+}
+
+slider.addEventListener("input", () => { $("threshold-value").textContent = Number(slider.value).toFixed(2); });
+slider.addEventListener("change", () => { state.threshold = Number(slider.value); load(true); });
+
+document.addEventListener("keydown", (e) => {
+  if (e.key === "/" && document.activeElement !== input) { e.preventDefault(); input.focus(); input.select(); }
+});
+
+new IntersectionObserver((entries) => {
+  if (entries.some((e) => e.isIntersecting)) load(false);
+}, { rootMargin: "400px" }).observe($("sentinel"));
+
+(async function init() {
+  try {
+    const stats = await api("/api/stats");
+    slider.value = stats.default_threshold;
+    $("threshold-value").textContent = Number(slider.value).toFixed(2);
+    if (!params.get("q") && params.get("similar") === null) {
+      setStatus(`${stats.indexed} images, ${stats.proposals} objects indexed with model ${stats.model}. Type what you are looking for.`);
+    }
+  } catch (err) {
+    setStatus(err.message, true);
+  }
+  if (params.get("similar") !== null) { state.similar = Number(params.get("similar")); load(true); }
+  else if (params.get("q")) { input.value = params.get("q"); search(params.get("q")); }
+})();
