@@ -88,10 +88,13 @@ async function load(reset) {
     if (shown === 0) {
       setStatus(`Nothing scored ${result.threshold.toFixed(2)} or more. Try other words or lower the min score.`);
     } else {
-      setStatus(`${shown}${state.next !== null ? "+" : ""} images · text ${t.text_ms.toFixed(0)} ms, index ${t.ann_ms.toFixed(0)} ms, records ${t.meta_ms.toFixed(0)} ms`);
+      setStatus(`${shown}${state.next !== null ? "+" : ""} ${shown === 1 && state.next === null ? "image" : "images"} · text ${t.text_ms.toFixed(0)} ms, index ${t.ann_ms.toFixed(0)} ms, records ${t.meta_ms.toFixed(0)} ms`);
     }
   } catch (err) {
-    if (generation === state.generation) setStatus(err.message, true);
+    if (generation === state.generation) {
+      state.next = null; // stop paging after an error; a new search starts over
+      setStatus(err.message, true);
+    }
   } finally {
     if (generation === state.generation) state.loading = false;
   }

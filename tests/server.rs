@@ -1,0 +1,331 @@
+//! The query server end to end: a real `spotter serve` over an index of the sample photos, its
+//! HTTP API (including every bad-parameter path and traversal attempts), and the web page in a
+//! real headless Chromium (`web/tests/search.mjs`), with screenshots kept in
+//! `target/test-artifacts/browser/`.
+
+mod common;
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+
+use common::*;
+
+struct Server {
+    child: Child,
+    base: String,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn index_samples(dir: &Path) {
+    let archive = dir.join("photos");
+    std::fs::create_dir_all(&archive).unwrap();
+    for name in [
+        "chelsea.png",
+        "coffee.png",
+        "motorcycle_left.png",
+        "motorcycle_right.png",
+        "astronaut.png",
+        "rocket.jpg",
+        "camera.png",
+    ] {
+        std::fs::copy(sample(name), archive.join(name)).unwrap();
+    }
+    let status = spotter()
+        .env("RUST_LOG", "error")
+        .args(["index", "--quiet", "--device", "cpu", "--index"])
+        .arg(dir.join("index"))
+        .arg(&archive)
+        .stdout(Stdio::null())
+        .status()
+        .unwrap();
+    assert!(status.success());
+}
+
+fn start(dir: &Path, extra: &[&str]) -> Server {
+    let mut child = spotter()
+        .env("RUST_LOG", "error")
+        .args([
+            "serve",
+            "--device",
+            "cpu",
+            "--addr",
+            "127.0.0.1:0",
+            "--index",
+        ])
+        .arg(dir.join("index"))
+        .args(extra)
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let base = line
+        .split_whitespace()
+        .find(|w| w.starts_with("http://"))
+        .unwrap_or_else(|| panic!("no address in {line:?}"))
+        .to_string();
+    Server { child, base }
+}
+
+/// A raw HTTP/1.1 GET (so that paths are sent exactly as written, `..` included).
+fn get(base: &str, path: &str, headers: &[(&str, &str)]) -> (u16, String, Vec<u8>) {
+    let host = base.trim_start_matches("http://").trim_end_matches('/');
+    let mut stream = TcpStream::connect(host).unwrap();
+    let mut request = format!("GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n");
+    for (k, v) in headers {
+        request.push_str(&format!("{k}: {v}\r\n"));
+    }
+    request.push_str("\r\n");
+    stream.write_all(request.as_bytes()).unwrap();
+    let mut raw = Vec::new();
+    stream.read_to_end(&mut raw).unwrap();
+    let split = raw
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .expect("response head");
+    let head = String::from_utf8_lossy(&raw[..split]).to_string();
+    let status: u16 = head.split_whitespace().nth(1).unwrap().parse().unwrap();
+    let mut body = raw[split + 4..].to_vec();
+    if head
+        .to_ascii_lowercase()
+        .contains("transfer-encoding: chunked")
+    {
+        body = dechunk(&body);
+    }
+    (status, head, body)
+}
+
+fn dechunk(mut data: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    loop {
+        let Some(eol) = data.windows(2).position(|w| w == b"\r\n") else {
+            break;
+        };
+        let size =
+            usize::from_str_radix(String::from_utf8_lossy(&data[..eol]).trim(), 16).unwrap_or(0);
+        if size == 0 {
+            break;
+        }
+        out.extend_from_slice(&data[eol + 2..eol + 2 + size]);
+        data = &data[eol + 2 + size + 2..];
+    }
+    out
+}
+
+fn json(base: &str, path: &str) -> (u16, serde_json::Value) {
+    let (status, _, body) = get(base, path, &[]);
+    (
+        status,
+        serde_json::from_slice(&body)
+            .unwrap_or_else(|_| panic!("{path}: not JSON: {}", String::from_utf8_lossy(&body))),
+    )
+}
+
+#[test]
+fn api_answers_queries_and_explains_every_bad_request() {
+    let dir = scratch("server-api");
+    index_samples(&dir);
+    let server = start(&dir, &[]);
+    let base = &server.base;
+
+    let (status, health) = json(base, "/api/health");
+    assert_eq!((status, health["status"].as_str()), (200, Some("ok")));
+    let (_, stats) = json(base, "/api/stats");
+    assert_eq!(stats["images"], 7);
+
+    let (status, result) = json(base, "/api/search?q=cat&k=5");
+    assert_eq!(status, 200);
+    let top = &result["hits"][0];
+    assert_eq!(top["path"], "chelsea.png");
+    assert!(top["score"].as_f64().unwrap() > 0.5);
+    for key in ["text_ms", "ann_ms", "meta_ms"] {
+        assert!(result["timings"][key].is_number());
+    }
+    // Synonyms, OR, negatives, weights, grouping, paging.
+    assert_eq!(
+        json(base, "/api/search?q=kitty").1["hits"][0]["path"],
+        "chelsea.png"
+    );
+    let (_, either) = json(base, "/api/search?q=cat,%20motorbike&k=10");
+    let paths: Vec<&str> = either["hits"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|h| h["path"].as_str().unwrap())
+        .collect();
+    assert!(
+        paths.contains(&"chelsea.png") && paths.iter().any(|p| p.starts_with("motorcycle")),
+        "{paths:?}"
+    );
+    let (_, neg) = json(base, "/api/search?q=kitty%20-cat");
+    assert!(
+        neg["hits"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|h| h["path"] != "chelsea.png"),
+        "{neg}"
+    );
+    let (_, weighted) = json(base, "/api/search?q=cat,%203:motorbike&k=10");
+    assert!(
+        weighted["hits"][0]["path"]
+            .as_str()
+            .unwrap()
+            .starts_with("motorcycle"),
+        "{weighted}"
+    );
+    let (_, grouped) = json(base, "/api/search?q=motorbike&group=images");
+    assert!(grouped["images"][0]["boxes"].as_array().unwrap().len() >= 1);
+    let (_, page1) = json(base, "/api/search?q=person&k=1&threshold=0.05");
+    let next = page1["next_offset"]
+        .as_u64()
+        .expect("more than one person-ish object");
+    let (_, page2) = json(
+        base,
+        &format!("/api/search?q=person&k=1&threshold=0.05&offset={next}"),
+    );
+    assert_ne!(page1["hits"][0]["proposal"], page2["hits"][0]["proposal"]);
+    let (_, filtered) = json(base, "/api/search?q=motorbike&path=motorcycle_left");
+    assert!(filtered["hits"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .all(|h| h["path"] == "motorcycle_left.png"));
+
+    // More like this.
+    let proposal = top["proposal"].as_u64().unwrap();
+    let (status, similar) = json(base, &format!("/api/similar/{proposal}?k=3"));
+    assert_eq!(status, 200);
+    assert!(similar["hits"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .all(|h| h["proposal"].as_u64() != Some(proposal)));
+
+    // Originals and thumbnails by id only.
+    let image = top["image"].as_u64().unwrap();
+    let (status, head, body) = get(base, &format!("/api/images/{image}"), &[]);
+    assert_eq!(status, 200);
+    assert!(head
+        .to_ascii_lowercase()
+        .contains("content-type: image/png"));
+    assert_eq!(body, std::fs::read(sample("chelsea.png")).unwrap());
+    let (status, _, thumb) = get(base, &format!("/api/thumbs/{image}"), &[]);
+    assert_eq!(status, 200);
+    let thumb = image::load_from_memory(&thumb).unwrap();
+    assert!(thumb.width() <= 320 && thumb.height() <= 320);
+
+    // Every bad parameter gets a JSON error with a message.
+    let long = "x".repeat(10_000);
+    for (path, status, needle) in [
+        ("/api/search", 400, "missing parameter q"),
+        ("/api/search?q=", 400, "empty"),
+        ("/api/search?q=cat&k=0", 400, "k must be"),
+        ("/api/search?q=cat&k=1000000", 400, "k must be"),
+        ("/api/search?q=cat&threshold=NaN", 400, "threshold"),
+        ("/api/search?q=cat&threshold=-1", 400, "threshold"),
+        ("/api/search?q=cat&offset=abc", 400, "not a valid number"),
+        (&format!("/api/search?q={long}"), 400, "limit"),
+        ("/api/similar/abc", 400, "not a proposal id"),
+        ("/api/similar/999999999", 404, "no proposal"),
+        ("/api/images/999999", 404, "no image"),
+        ("/api/images/abc", 400, "not an image id"),
+        ("/api/thumbs/-1", 400, "not an image id"),
+        ("/api/nothing", 404, "no such route"),
+    ] {
+        let (got, body) = json(base, path);
+        assert_eq!(got, status, "{path}: {body}");
+        assert!(
+            body["error"].as_str().unwrap().contains(needle),
+            "{path}: {body}"
+        );
+    }
+    // No path traversal, no directory listing.
+    for path in [
+        "/../../../../etc/passwd",
+        "/api/images/..%2F..%2Fetc%2Fpasswd",
+        "/api/images/../../etc/passwd",
+        "/web/",
+        "/api/",
+        "/%2e%2e/%2e%2e/etc/passwd",
+    ] {
+        let (status, _, body) = get(base, path, &[]);
+        assert!(status == 400 || status == 404, "{path}: {status}");
+        assert!(
+            !String::from_utf8_lossy(&body).contains("root:"),
+            "{path} leaked a file"
+        );
+    }
+}
+
+#[test]
+fn a_token_guards_every_route() {
+    let dir = scratch("server-token");
+    index_samples(&dir);
+    let server = start(&dir, &["--token", "s3cret"]);
+    for path in ["/", "/api/health", "/api/search?q=cat", "/api/images/1"] {
+        let (status, _, _) = get(&server.base, path, &[]);
+        assert_eq!(status, 401, "{path}");
+        let (status, _, _) = get(&server.base, path, &[("Authorization", "Bearer wrong")]);
+        assert_eq!(status, 401, "{path}");
+    }
+    let (status, _, _) = get(
+        &server.base,
+        "/api/health",
+        &[("Authorization", "Bearer s3cret")],
+    );
+    assert_eq!(status, 200);
+    let (status, _, _) = get(&server.base, "/api/search?q=cat&token=s3cret", &[]);
+    assert_eq!(status, 200);
+}
+
+#[test]
+fn the_page_finds_the_cat_in_a_real_browser() {
+    let dir = scratch("server-browser");
+    index_samples(&dir);
+    let server = start(&dir, &[]);
+    let script = repo_root().join("web/tests/search.mjs");
+    assert!(
+        repo_root()
+            .join("web/tests/node_modules/playwright-core")
+            .is_dir(),
+        "playwright-core is missing: run scripts/setup.sh"
+    );
+    let chromium = std::env::var("CHROMIUM").unwrap_or_else(|_| "/usr/bin/chromium".into());
+    assert!(
+        Path::new(&chromium).exists(),
+        "{chromium} is missing: run scripts/setup.sh (it installs Debian's chromium)"
+    );
+    let artifacts = repo_root().join("target/test-artifacts/browser");
+    let output = Command::new("node")
+        .arg(&script)
+        .arg(&server.base)
+        .arg(&artifacts)
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{}\n{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    for shot in [
+        "1-search-cat.png",
+        "2-viewer.png",
+        "3-more-like-this.png",
+        "4-empty.png",
+        "5-phone.png",
+    ] {
+        assert!(artifacts.join(shot).is_file(), "{shot} missing");
+    }
+}
