@@ -1,10 +1,19 @@
 //! The vector index behind a small interface, so a distributed engine can stand in for the
-//! embedded one. The embedded implementation is an HNSW graph (hnsw_rs) answering
-//! maximum-inner-product queries exactly through the standard reduction to L2:
-//! stored `x = [v ; sqrt(M² − |v|²)]`, query `y = [q ; 0]`, so `|y − x|² = |q|² + M² − 2<q, v>`
-//! and the L2-nearest stored vectors are the ones of largest inner product (the model's logit).
+//! embedded one.
+//!
+//! The embedded implementation answers maximum-inner-product queries (the model's logit
+//! `<q, v>`, see the model contract) with HNSW graphs (hnsw_rs) over *directions*, exactly up to
+//! the graphs' recall. A stored vector `v = [s·e ; b]` is split into its direction
+//! `û = v[..D] / |v[..D]|`, its norm `n` and its bias `b`, so `<q, v> = n·|t|·cos(û, t̂) + b·q_D`.
+//! Vectors are grouped by bias (one group per scoring level) and by norm band (a factor √2
+//! wide); each group has its own cosine graph. A query walks the groups from the highest
+//! possible logit down and, inside a group, widens its candidate list until no unseen vector can
+//! beat the k-th best logit: an unseen vector's cosine is at most the frontier `c` (the lowest
+//! cosine returned), so its logit is at most `max(n_max·c, n_min·c)·|t| + b·q_D`.
+//! (The textbook reduction to L2, `[v ; sqrt(M² − |v|²)]`, is exact too, but HNSW recall on it
+//! collapsed to 0.1–0.5 for WeDetect-like norms in `examples/bench_vectors.rs`.)
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::RwLock;
 
@@ -47,14 +56,16 @@ pub trait VectorIndex: Send + Sync {
     fn describe(&self) -> String;
 }
 
-/// L2 distance (auto-vectorised loop) used in the augmented MIPS space.
+/// L2 distance between unit directions, ignoring the last component (which holds the norm).
 #[derive(Debug, Default, Clone, Copy)]
-pub struct MipsL2;
+pub struct DirectionL2;
 
-impl Distance<f32> for MipsL2 {
+impl Distance<f32> for DirectionL2 {
     fn eval(&self, a: &[f32], b: &[f32]) -> f32 {
+        let n = a.len().min(b.len()).saturating_sub(1);
+        let (a, b) = (&a[..n], &b[..n]);
         let mut acc = [0f32; 8];
-        let chunks = a.len() / 8 * 8;
+        let chunks = n / 8 * 8;
         for (ca, cb) in a[..chunks].chunks_exact(8).zip(b[..chunks].chunks_exact(8)) {
             for i in 0..8 {
                 let d = ca[i] - cb[i];
@@ -88,20 +99,36 @@ impl Default for HnswParams {
 }
 
 const MAX_LAYER: usize = 16;
-const BASENAME: &str = "vectors";
-const BOUND_FILE: &str = "bound.json";
-/// Headroom of the norm bound over the largest norm seen, so later vectors rarely force a rebuild.
-const BOUND_HEADROOM: f32 = 1.25;
+const GROUPS_FILE: &str = "groups.json";
+
+type Graph = Hnsw<'static, f32, DirectionL2>;
+
+/// Vectors sharing a bias and a norm band, with their cosine graph.
+struct Group {
+    bias: f32,
+    band: i32,
+    min_norm: f32,
+    max_norm: f32,
+    count: usize,
+    graph: Graph,
+}
+
+#[derive(serde::Serialize, serde::Deserialize)]
+struct GroupMeta {
+    bias: f32,
+    band: i32,
+    min_norm: f32,
+    max_norm: f32,
+    count: usize,
+}
 
 struct State {
-    hnsw: Hnsw<'static, f32, MipsL2>,
-    /// The norm bound M of the reduction (0 while empty).
-    bound: f32,
+    groups: Vec<Group>,
     ids: HashSet<u64>,
     deleted: HashSet<u64>,
 }
 
-/// The embedded HNSW vector index, persisted in a folder beside the sled database.
+/// The embedded vector index, persisted in a folder beside the sled database.
 pub struct HnswVectors {
     dir: PathBuf,
     dim: usize,
@@ -113,25 +140,41 @@ fn norm(v: &[f32]) -> f32 {
     v.iter().map(|x| x * x).sum::<f32>().sqrt()
 }
 
-fn augment(v: &[f32], bound: f32) -> Vec<f32> {
-    let mut x = Vec::with_capacity(v.len() + 1);
-    x.extend_from_slice(v);
-    x.push(
-        (bound * bound - v.iter().map(|a| a * a).sum::<f32>())
-            .max(0.0)
-            .sqrt(),
-    );
-    x
+/// Bands per doubling of the norm: narrower bands give tighter bounds (fewer candidates) but
+/// more graphs.
+const BANDS_PER_OCTAVE: f32 = 2.0;
+
+/// Norm band of a vector.
+fn band_of(n: f32) -> i32 {
+    (n.max(1e-20).log2() * BANDS_PER_OCTAVE).floor() as i32
 }
 
-fn new_graph(params: HnswParams, capacity: usize) -> Hnsw<'static, f32, MipsL2> {
+/// `[û ; n]` and the bias of a stored vector.
+fn split(v: &[f32]) -> (Vec<f32>, f32, f32) {
+    let d = v.len() - 1;
+    let n = norm(&v[..d]);
+    let mut point: Vec<f32> = if n > 0.0 {
+        v[..d].iter().map(|x| x / n).collect()
+    } else {
+        vec![0.0; d]
+    };
+    point.push(n);
+    (point, n, v[d])
+}
+
+fn new_graph(params: HnswParams, capacity: usize) -> Graph {
     Hnsw::new(
         params.m,
         capacity.max(10_000),
         MAX_LAYER,
         params.ef_construction,
-        MipsL2,
+        DirectionL2,
     )
+}
+
+fn insert_points(graph: &Graph, points: &[(Vec<f32>, usize)]) {
+    let refs: Vec<(&Vec<f32>, usize)> = points.iter().map(|(v, id)| (v, *id)).collect();
+    graph.parallel_insert(&refs);
 }
 
 impl HnswVectors {
@@ -142,17 +185,11 @@ impl HnswVectors {
             path: dir.to_path_buf(),
             source,
         })?;
-        let graph_dir = dir.join("hnsw");
-        let loaded = Self::load(&graph_dir, dim);
-        let state = match loaded {
-            Some(state) => state,
-            None => State {
-                hnsw: new_graph(params, 0),
-                bound: 0.0,
-                ids: HashSet::new(),
-                deleted: HashSet::new(),
-            },
-        };
+        let state = Self::load(&dir.join("hnsw"), dim).unwrap_or_else(|| State {
+            groups: Vec::new(),
+            ids: HashSet::new(),
+            deleted: HashSet::new(),
+        });
         Ok(HnswVectors {
             dir: dir.to_path_buf(),
             dim,
@@ -162,38 +199,49 @@ impl HnswVectors {
     }
 
     fn load(graph_dir: &Path, dim: usize) -> Option<State> {
-        let bound_text = std::fs::read_to_string(graph_dir.join(BOUND_FILE)).ok()?;
-        let saved: serde_json::Value = serde_json::from_str(&bound_text).ok()?;
-        let bound = saved["bound"].as_f64()? as f32;
+        let text = std::fs::read_to_string(graph_dir.join(GROUPS_FILE)).ok()?;
+        let saved: serde_json::Value = serde_json::from_str(&text).ok()?;
+        if saved["dim"].as_u64()? as usize != dim {
+            tracing::warn!("vector index dump has another dimension; it will be rebuilt");
+            return None;
+        }
+        let metas: Vec<GroupMeta> = serde_json::from_value(saved["groups"].clone()).ok()?;
         let deleted: HashSet<u64> = saved["deleted"]
             .as_array()?
             .iter()
             .filter_map(|v| v.as_u64())
             .collect();
-        // The loaded graph borrows its loader for its whole life; one small loader per open.
-        let io: &'static mut HnswIo = Box::leak(Box::new(HnswIo::new(graph_dir, BASENAME)));
-        let mut hnsw: Hnsw<'static, f32, MipsL2> = match io.load_hnsw::<f32, MipsL2>() {
-            Ok(h) => h,
-            Err(e) => {
-                tracing::warn!(dir = %graph_dir.display(), error = %e, "vector index dump unreadable; it will be rebuilt from the database");
-                return None;
-            }
-        };
-        let ids: HashSet<u64> = hnsw
-            .get_point_indexation()
-            .into_iter()
-            .map(|p| p.get_origin_id() as u64)
-            .collect();
-        if let Some(p) = hnsw.get_point_indexation().into_iter().next() {
-            if p.get_v().len() != dim + 1 {
-                tracing::warn!("vector index dump has another dimension; rebuilding");
-                return None;
-            }
+        let mut groups = Vec::with_capacity(metas.len());
+        let mut ids = HashSet::new();
+        for (i, meta) in metas.into_iter().enumerate() {
+            // A loaded graph borrows its loader for its whole life: one small loader per group.
+            let io: &'static mut HnswIo =
+                Box::leak(Box::new(HnswIo::new(graph_dir, &format!("g{i}"))));
+            let mut graph: Graph = match io.load_hnsw::<f32, DirectionL2>() {
+                Ok(g) => g,
+                Err(e) => {
+                    tracing::warn!(dir = %graph_dir.display(), error = %e, "vector index dump unreadable; it will be rebuilt from the database");
+                    return None;
+                }
+            };
+            graph.set_searching_mode(true);
+            ids.extend(
+                graph
+                    .get_point_indexation()
+                    .into_iter()
+                    .map(|p| p.get_origin_id() as u64),
+            );
+            groups.push(Group {
+                bias: meta.bias,
+                band: meta.band,
+                min_norm: meta.min_norm,
+                max_norm: meta.max_norm,
+                count: meta.count,
+                graph,
+            });
         }
-        hnsw.set_searching_mode(true);
         Some(State {
-            hnsw,
-            bound,
+            groups,
             ids,
             deleted,
         })
@@ -211,43 +259,33 @@ impl HnswVectors {
             .map_err(|_| IndexError::Vectors("lock poisoned".into()))
     }
 
-    /// Rebuilds the graph with a larger bound, keeping every live vector.
-    fn rebuild(state: &mut State, params: HnswParams, new_bound: f32) {
-        let live: Vec<(usize, Vec<f32>)> = state
-            .hnsw
-            .get_point_indexation()
-            .into_iter()
-            .filter(|p| !state.deleted.contains(&(p.get_origin_id() as u64)))
-            .map(|p| {
-                let v = p.get_v();
-                (p.get_origin_id(), v[..v.len() - 1].to_vec())
-            })
-            .collect();
-        tracing::info!(
-            vectors = live.len(),
-            bound = new_bound,
-            "rebuilding the vector index for a larger norm bound"
-        );
-        let hnsw = new_graph(params, live.len());
-        let augmented: Vec<(Vec<f32>, usize)> = live
-            .iter()
-            .map(|(id, v)| (augment(v, new_bound), *id))
-            .collect();
-        let refs: Vec<(&Vec<f32>, usize)> = augmented.iter().map(|(v, id)| (v, *id)).collect();
-        hnsw.parallel_insert(&refs);
-        state.ids = live.iter().map(|(id, _)| *id as u64).collect();
-        state.deleted.clear();
-        state.hnsw = hnsw;
-        state.bound = new_bound;
-    }
-
-    /// Drops deleted vectors by rebuilding the graph (what `spotter compact` runs).
+    /// Drops deleted vectors by rebuilding the graphs (what `spotter compact` runs).
     pub fn compact(&self) -> Result<()> {
         let mut state = self.write_lock()?;
-        let bound = state.bound;
-        Self::rebuild(&mut state, self.params, bound);
-        state.hnsw.set_searching_mode(true);
+        let deleted = std::mem::take(&mut state.deleted);
+        for group in &mut state.groups {
+            let live: Vec<(Vec<f32>, usize)> = group
+                .graph
+                .get_point_indexation()
+                .into_iter()
+                .filter(|p| !deleted.contains(&(p.get_origin_id() as u64)))
+                .map(|p| (p.get_v().to_vec(), p.get_origin_id()))
+                .collect();
+            let graph = new_graph(self.params, live.len());
+            insert_points(&graph, &live);
+            let mut graph = graph;
+            graph.set_searching_mode(true);
+            group.count = live.len();
+            group.graph = graph;
+        }
+        state.groups.retain(|g| g.count > 0);
+        state.ids.retain(|id| !deleted.contains(id));
         Ok(())
+    }
+
+    /// Number of groups (bias × norm band), for stats.
+    pub fn groups(&self) -> usize {
+        self.read_lock().map(|s| s.groups.len()).unwrap_or(0)
     }
 }
 
@@ -268,24 +306,46 @@ impl VectorIndex for HnswVectors {
                 self.dim
             )));
         }
-        let max_norm = fresh.iter().map(|(_, v)| norm(v)).fold(0f32, f32::max);
-        if max_norm > state.bound {
-            let new_bound = (max_norm * BOUND_HEADROOM).max(f32::MIN_POSITIVE);
-            if state.ids.is_empty() {
-                state.bound = new_bound;
-            } else {
-                Self::rebuild(&mut state, self.params, new_bound);
-            }
+        let mut by_group: HashMap<(u32, i32), Vec<(Vec<f32>, usize, f32)>> = HashMap::new();
+        for (id, v) in &fresh {
+            let (point, n, bias) = split(v);
+            by_group
+                .entry((bias.to_bits(), band_of(n)))
+                .or_default()
+                .push((point, *id as usize, n));
         }
-        let bound = state.bound;
-        let augmented: Vec<(Vec<f32>, usize)> = fresh
-            .iter()
-            .map(|(id, v)| (augment(v, bound), *id as usize))
-            .collect();
-        let refs: Vec<(&Vec<f32>, usize)> = augmented.iter().map(|(v, id)| (v, *id)).collect();
-        state.hnsw.set_searching_mode(false);
-        state.hnsw.parallel_insert(&refs);
-        state.hnsw.set_searching_mode(true);
+        for ((bias_bits, band), points) in by_group {
+            let bias = f32::from_bits(bias_bits);
+            let index = match state
+                .groups
+                .iter()
+                .position(|g| g.bias.to_bits() == bias_bits && g.band == band)
+            {
+                Some(i) => i,
+                None => {
+                    state.groups.push(Group {
+                        bias,
+                        band,
+                        min_norm: f32::MAX,
+                        max_norm: 0.0,
+                        count: 0,
+                        graph: new_graph(self.params, points.len()),
+                    });
+                    state.groups.len() - 1
+                }
+            };
+            let group = &mut state.groups[index];
+            for (_, _, n) in &points {
+                group.min_norm = group.min_norm.min(*n);
+                group.max_norm = group.max_norm.max(*n);
+            }
+            group.count += points.len();
+            let plain: Vec<(Vec<f32>, usize)> =
+                points.into_iter().map(|(p, id, _)| (p, id)).collect();
+            group.graph.set_searching_mode(false);
+            insert_points(&group.graph, &plain);
+            group.graph.set_searching_mode(true);
+        }
         for (id, _) in fresh {
             state.ids.insert(*id);
         }
@@ -314,29 +374,76 @@ impl VectorIndex for HnswVectors {
         if state.ids.is_empty() || k == 0 {
             return Ok(Vec::new());
         }
-        let mut y = query.to_vec();
-        y.push(0.0);
+        let d = self.dim - 1;
+        let q_norm = norm(&query[..d]);
+        let q_bias = query[d];
+        let mut direction: Vec<f32> = query[..d]
+            .iter()
+            .map(|x| x / q_norm.max(f32::MIN_POSITIVE))
+            .collect();
+        direction.push(0.0);
         let deleted = &state.deleted;
         let filter = |id: &usize| !deleted.contains(&(*id as u64));
-        let found = if deleted.is_empty() {
-            state.hnsw.search(&y, k, ef.max(k))
-        } else {
-            state.hnsw.search_filter(&y, k, ef.max(k), Some(&filter))
+        // Groups in decreasing order of the best logit they could hold.
+        let ceiling = |g: &Group| g.max_norm * q_norm + g.bias * q_bias;
+        let mut order: Vec<&Group> = state.groups.iter().collect();
+        order.sort_by(|a, b| ceiling(b).total_cmp(&ceiling(a)));
+
+        let mut best: Vec<Neighbour> = Vec::new();
+        let kth = |best: &Vec<Neighbour>| {
+            if best.len() >= k {
+                best[k - 1].logit
+            } else {
+                f32::MIN
+            }
         };
-        let points = state.hnsw.get_point_indexation();
-        let mut out: Vec<Neighbour> = found
-            .into_iter()
-            .filter_map(|n| {
-                let x = points.get_point_data(&n.p_id)?;
-                let logit = x[..self.dim].iter().zip(query).map(|(a, b)| a * b).sum();
-                Some(Neighbour {
-                    id: n.d_id as u64,
-                    logit,
-                })
-            })
-            .collect();
-        out.sort_by(|a, b| b.logit.total_cmp(&a.logit).then(a.id.cmp(&b.id)));
-        Ok(out)
+        for group in order {
+            if ceiling(group) < kth(&best) {
+                break;
+            }
+            let mut fetch = k.max(16).min(group.count.max(1));
+            loop {
+                let ef_now = ef.max(fetch);
+                let found = if deleted.is_empty() {
+                    group.graph.search(&direction, fetch, ef_now)
+                } else {
+                    group
+                        .graph
+                        .search_filter(&direction, fetch, ef_now, Some(&filter))
+                };
+                let points = group.graph.get_point_indexation();
+                let mut frontier = 1.0f32;
+                let mut candidates = Vec::with_capacity(found.len());
+                for n in &found {
+                    let Some(x) = points.get_point_data(&n.p_id) else {
+                        continue;
+                    };
+                    let cos: f32 = x[..d].iter().zip(&direction[..d]).map(|(a, b)| a * b).sum();
+                    frontier = frontier.min(cos);
+                    candidates.push(Neighbour {
+                        id: n.d_id as u64,
+                        logit: x[d] * q_norm * cos + group.bias * q_bias,
+                    });
+                }
+                let exhausted = found.len() < fetch || fetch >= group.count;
+                let mut merged = best.clone();
+                merged.extend(candidates);
+                merged.sort_by(|a, b| b.logit.total_cmp(&a.logit).then(a.id.cmp(&b.id)));
+                merged.dedup_by_key(|n| n.id);
+                let unseen_bound = (group.max_norm * frontier).max(group.min_norm * frontier)
+                    * q_norm
+                    + group.bias * q_bias
+                    - 1e-5 * group.max_norm * q_norm; // float noise of equal norms must not widen the search
+                if exhausted || (merged.len() >= k && kth(&merged) >= unseen_bound) {
+                    merged.truncate(k);
+                    best = merged;
+                    break;
+                }
+                fetch = (fetch * 4).min(group.count);
+            }
+        }
+        best.truncate(k);
+        Ok(best)
     }
 
     fn len(&self) -> usize {
@@ -364,16 +471,24 @@ impl VectorIndex for HnswVectors {
         let old = self.dir.join("hnsw.old");
         let _ = std::fs::remove_dir_all(&fresh);
         std::fs::create_dir_all(&fresh).map_err(io(&fresh))?;
-        if !state.ids.is_empty() {
-            state
-                .hnsw
-                .file_dump(&fresh, BASENAME)
+        let mut metas = Vec::new();
+        for (i, group) in state.groups.iter().enumerate() {
+            group
+                .graph
+                .file_dump(&fresh, &format!("g{i}"))
                 .map_err(|e| IndexError::Vectors(format!("dump to {}: {e}", fresh.display())))?;
+            metas.push(GroupMeta {
+                bias: group.bias,
+                band: group.band,
+                min_norm: group.min_norm,
+                max_norm: group.max_norm,
+                count: group.count,
+            });
         }
         let mut deleted: Vec<u64> = state.deleted.iter().copied().collect();
         deleted.sort_unstable();
-        let meta = serde_json::json!({"bound": state.bound, "deleted": deleted, "dim": self.dim});
-        std::fs::write(fresh.join(BOUND_FILE), meta.to_string()).map_err(io(&fresh))?;
+        let meta = serde_json::json!({"dim": self.dim, "groups": metas, "deleted": deleted});
+        std::fs::write(fresh.join(GROUPS_FILE), meta.to_string()).map_err(io(&fresh))?;
         // Swap folders: a crash leaves either the old dump, the new one, or none (then the
         // index is rebuilt from the database at the next open).
         let _ = std::fs::remove_dir_all(&old);
@@ -387,8 +502,10 @@ impl VectorIndex for HnswVectors {
 
     fn describe(&self) -> String {
         format!(
-            "embedded HNSW (hnsw_rs, M={}, ef_construction={}, inner product via L2 reduction)",
-            self.params.m, self.params.ef_construction
+            "embedded HNSW (hnsw_rs, M={}, ef_construction={}, {} cosine graph(s) by bias and norm band, exact inner-product re-ranking)",
+            self.params.m,
+            self.params.ef_construction,
+            self.groups()
         )
     }
 }
@@ -432,7 +549,7 @@ mod tests {
             .collect();
         let index = HnswVectors::open(&dir, dim, HnswParams::default()).unwrap();
         index.insert(&items[..500]).unwrap();
-        index.insert(&items[500..]).unwrap(); // larger norms later force a rebuild
+        index.insert(&items[500..]).unwrap(); // larger norms land in new norm bands
         index.insert(&items[..10]).unwrap(); // replays are ignored
         assert_eq!(index.len(), 2000);
         let queries: Vec<Vec<f32>> = (0..20)
@@ -471,6 +588,46 @@ mod tests {
             .all(|n| n.id != top.id));
         reopened.compact().unwrap();
         assert_eq!((reopened.len(), reopened.tombstones()), (1999, 0));
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn exact_top_k_with_per_level_scale_and_bias_like_wedetect() {
+        let dir = std::env::temp_dir().join(format!("spotter-hnsw-levels-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let d = 24;
+        let mut seed = 7;
+        let levels = [(0.0609f32, -12.315f32), (0.1997, -10.934), (0.2794, -9.574)];
+        let items: Vec<(u64, Vec<f32>)> = (0..3000u64)
+            .map(|i| {
+                let (s, b) = levels[(i % 3) as usize];
+                let n = 20.0 + 30.0 * rng(&mut seed).abs() * 2.0;
+                let mut e: Vec<f32> = (0..d).map(|_| rng(&mut seed)).collect();
+                let en = e.iter().map(|x| x * x).sum::<f32>().sqrt();
+                e.iter_mut().for_each(|x| *x *= s * n / en);
+                e.push(b);
+                (i, e)
+            })
+            .collect();
+        let index = HnswVectors::open(&dir, d + 1, HnswParams::default()).unwrap();
+        index.insert(&items).unwrap();
+        let mut hits = 0;
+        for _ in 0..20 {
+            let mut q: Vec<f32> = (0..d).map(|_| rng(&mut seed)).collect();
+            let qn = q.iter().map(|x| x * x).sum::<f32>().sqrt();
+            q.iter_mut().for_each(|x| *x /= qn);
+            q.push(1.0);
+            let got = index.search(&q, 10, 64).unwrap();
+            let want = exact_top(&items, &q, 10);
+            hits += got.iter().filter(|n| want.contains(&n.id)).count();
+            // Logits are exact.
+            for n in &got {
+                let v = &items[n.id as usize].1;
+                let exact: f32 = v.iter().zip(&q).map(|(a, b)| a * b).sum();
+                assert!((n.logit - exact).abs() < 1e-3, "{} vs {exact}", n.logit);
+            }
+        }
+        assert!(hits >= 196, "recall@10 = {}", hits as f32 / 200.0);
         let _ = std::fs::remove_dir_all(&dir);
     }
 }
