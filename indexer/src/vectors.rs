@@ -102,6 +102,10 @@ const MAX_LAYER: usize = 16;
 const GROUPS_FILE: &str = "groups.json";
 
 type Graph = Hnsw<'static, f32, DirectionL2>;
+/// Bias bits and norm band.
+type GroupKey = (u32, i32);
+/// `[û ; n]`, id, norm.
+type NewPoint = (Vec<f32>, usize, f32);
 
 /// Vectors sharing a bias and a norm band, with their cosine graph.
 struct Group {
@@ -306,7 +310,7 @@ impl VectorIndex for HnswVectors {
                 self.dim
             )));
         }
-        let mut by_group: HashMap<(u32, i32), Vec<(Vec<f32>, usize, f32)>> = HashMap::new();
+        let mut by_group: HashMap<GroupKey, Vec<NewPoint>> = HashMap::new();
         for (id, v) in &fresh {
             let (point, n, bias) = split(v);
             by_group
