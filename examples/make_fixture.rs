@@ -40,7 +40,6 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             .wrapping_add(1442695040888963407);
         ((seed >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
     };
-    let src = Index::open(source)?;
     let started = Instant::now();
     let (mut written, mut round) = (0usize, 0u32);
     'outer: loop {

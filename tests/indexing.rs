@@ -261,3 +261,21 @@ fn kill_9_at_any_moment_then_resume_equals_an_uninterrupted_run() {
         "no kill landed in the middle of a run; adjust the delays"
     );
 }
+
+#[test]
+fn a_second_process_on_the_same_index_gets_a_clear_message() {
+    let root = scratch("locked");
+    make_archive(&root.join("a"), 1);
+    let (package, tower) = starter();
+    let dir = root.join("index");
+    index_once(&dir, &[&root.join("a")], &package, &tower);
+    let _held = Index::open(&dir).unwrap();
+    let output = spotter()
+        .args(["stats", "--index"])
+        .arg(&dir)
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    let err = String::from_utf8_lossy(&output.stderr);
+    assert!(err.contains("open in another Spotter process"), "{err}");
+}

@@ -63,7 +63,14 @@ impl Store {
             .path(&path)
             .flush_every_ms(Some(500))
             .open()
-            .map_err(|e| IndexError::db(&path, e))?;
+            .map_err(|e| match e {
+                sled::Error::Io(io) if io.to_string().contains("could not acquire lock") => IndexError::Invalid(format!(
+                    "the index {} is open in another Spotter process (an indexer or a server); \
+                     stop it first, or run `spotter serve --archive DIR` to index and serve in one process",
+                    dir.display()
+                )),
+                other => IndexError::db(&path, other),
+            })?;
         let tree = |name: &str| db.open_tree(name).map_err(|e| IndexError::db(&path, e));
         let store = Store {
             meta: tree("meta")?,
