@@ -284,6 +284,16 @@ fn a_token_guards_every_route() {
     assert_eq!(status, 200);
     let (status, _, _) = get(&server.base, "/api/search?q=cat&token=s3cret", &[]);
     assert_eq!(status, 200);
+
+    // Graceful shutdown on SIGTERM: the process exits cleanly.
+    let mut server = server;
+    let killed = Command::new("kill")
+        .args(["-TERM", &server.child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+    let status = server.child.wait().unwrap();
+    assert!(status.success(), "exit after SIGTERM: {status:?}");
 }
 
 #[test]

@@ -77,10 +77,12 @@ struct Bar {
     bar: ProgressBar,
     proposals: AtomicUsize,
     failed: AtomicUsize,
+    unchanged: AtomicUsize,
 }
 
 impl Progress for Bar {
     fn planned(&self, found: usize, to_process: usize) {
+        self.unchanged.store(found - to_process, Ordering::Relaxed);
         self.bar.set_length(to_process as u64);
         self.bar.set_message(format!(
             "{found} images found, {} unchanged",
@@ -168,6 +170,7 @@ pub fn run(args: &IndexArgs) -> Result<()> {
         bar,
         proposals: AtomicUsize::new(0),
         failed: AtomicUsize::new(0),
+        unchanged: AtomicUsize::new(0),
     };
     tracing::info!(model = %package.manifest.name, device = %tower.device(), index = %args.index.display(), "indexing");
     let report = spotter_indexer::run(&index, &tower, &request, &progress)?;
