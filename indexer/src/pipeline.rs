@@ -307,6 +307,17 @@ pub fn run(
     Ok(report)
 }
 
+/// Marks the vectors of a replaced record as deleted.
+fn retire_vectors(index: &Index, previous: &Option<(u64, ImageRecord)>) -> Result<()> {
+    if let Some((old_id, old)) = previous {
+        let ids: Vec<u64> = (0..old.proposals)
+            .map(|r| proposal_id(*old_id, r))
+            .collect();
+        index.vectors().remove(&ids)?;
+    }
+    Ok(())
+}
+
 fn prepare(
     index: &Index,
     tower: &ImageTower,
@@ -468,14 +479,32 @@ fn write_all(
         status,
         proposals,
     };
-    let retire = |previous: &Option<(u64, ImageRecord)>| -> Result<()> {
-        if let Some((old_id, old)) = previous {
-            let ids: Vec<u64> = (0..old.proposals)
-                .map(|r| proposal_id(*old_id, r))
-                .collect();
-            index.vectors().remove(&ids)?;
+    let retire = |previous: &Option<(u64, ImageRecord)>| retire_vectors(index, previous);
+    // A new record for `item` (replacing its previous one), its proposals, and their vectors queued.
+    let write_new = |vectors: &mut Vec<(u64, Vec<f32>)>,
+                     item: &WorkItem,
+                     record: &ImageRecord,
+                     records: &[ProposalRecord]|
+     -> Result<u64> {
+        let id = store.new_image_id()?;
+        let records: Vec<ProposalRecord> = records
+            .iter()
+            .map(|p| ProposalRecord {
+                image: id,
+                ..p.clone()
+            })
+            .collect();
+        store.put_image(
+            id,
+            record,
+            &records,
+            item.previous.as_ref().map(|(i, r)| (*i, r)),
+        )?;
+        retire_vectors(index, &item.previous)?;
+        for (rank, r) in records.iter().enumerate() {
+            vectors.push((proposal_id(id, rank as u32), r.vector.to_f32()));
         }
-        Ok(())
+        Ok(id)
     };
     for message in input {
         let (path, added, failed) = match message? {
@@ -486,11 +515,10 @@ fn write_all(
                 height,
                 proposals,
             } => {
-                let id = store.new_image_id()?;
                 let records: Vec<ProposalRecord> = proposals
                     .iter()
                     .map(|p| ProposalRecord {
-                        image: id,
+                        image: 0, // set by write_new
                         bbox: p.bbox,
                         objectness: p.objectness,
                         level: p.level,
@@ -505,33 +533,21 @@ fn write_all(
                     ImageStatus::Indexed,
                     records.len() as u32,
                 );
-                store.put_image(
-                    id,
-                    &record,
-                    &records,
-                    item.previous.as_ref().map(|(i, r)| (*i, r)),
-                )?;
-                retire(&item.previous)?;
-                for (rank, r) in records.iter().enumerate() {
-                    vectors.push((proposal_id(id, rank as u32), r.vector.to_f32()));
-                }
+                write_new(&mut vectors, &item, &record, &records)?;
                 report.indexed += 1;
                 report.proposals_added += records.len();
                 (item.file.path, records.len(), false)
             }
             Written::Other(Prepared::Moved { item, hash, from }) => {
                 let (id, old) = from;
-                let record = ImageRecord {
+                let record = record_of(
+                    &item,
                     hash,
-                    ..record_of(
-                        &item,
-                        hash,
-                        old.width,
-                        old.height,
-                        old.status.clone(),
-                        old.proposals,
-                    )
-                };
+                    old.width,
+                    old.height,
+                    old.status.clone(),
+                    old.proposals,
+                );
                 if let Some((prev_id, prev)) = &item.previous {
                     // The destination path held another file: drop that record first.
                     store.remove_image(*prev_id, prev)?;
@@ -542,7 +558,6 @@ fn write_all(
                 (item.file.path, 0, false)
             }
             Written::Other(Prepared::Copied { item, hash, source }) => {
-                let id = store.new_image_id()?;
                 let src = store.image(source)?.ok_or_else(|| IndexError::Corrupt {
                     what: format!("image {source}"),
                     message: "vanished while copying".into(),
@@ -550,7 +565,7 @@ fn write_all(
                 let records: Vec<ProposalRecord> = store
                     .proposals_of(source)?
                     .into_iter()
-                    .map(|(_, p)| ProposalRecord { image: id, ..p })
+                    .map(|(_, p)| p)
                     .collect();
                 let record = record_of(
                     &item,
@@ -560,30 +575,14 @@ fn write_all(
                     ImageStatus::Indexed,
                     records.len() as u32,
                 );
-                store.put_image(
-                    id,
-                    &record,
-                    &records,
-                    item.previous.as_ref().map(|(i, r)| (*i, r)),
-                )?;
-                retire(&item.previous)?;
-                for (rank, r) in records.iter().enumerate() {
-                    vectors.push((proposal_id(id, rank as u32), r.vector.to_f32()));
-                }
+                write_new(&mut vectors, &item, &record, &records)?;
                 report.copied += 1;
                 report.proposals_added += records.len();
                 (item.file.path, records.len(), false)
             }
             Written::Other(Prepared::Failed { item, hash, reason }) => {
-                let id = store.new_image_id()?;
                 let record = record_of(&item, hash, 0, 0, ImageStatus::Failed(reason.clone()), 0);
-                store.put_image(
-                    id,
-                    &record,
-                    &[],
-                    item.previous.as_ref().map(|(i, r)| (*i, r)),
-                )?;
-                retire(&item.previous)?;
+                write_new(&mut vectors, &item, &record, &[])?;
                 report.failed.push(Failure {
                     path: item.file.path.clone(),
                     reason,

@@ -4,9 +4,9 @@ use std::path::PathBuf;
 
 use clap::Args;
 use serde::Serialize;
-use spotter_model::{decode_file, DecodeLimits, ImageTower, ProposalParams, TextTower};
+use spotter_model::{decode_file, DecodeLimits, ImageTower, TextTower};
 
-use super::ModelArgs;
+use super::{ModelArgs, ProposalArgs};
 use crate::draw::{draw_box, PALETTE};
 use crate::error::{Result, SpotterError};
 
@@ -21,15 +21,8 @@ pub struct DetectArgs {
     /// Minimum score (the model's probability) to report (default: the manifest's).
     #[arg(long)]
     pub threshold: Option<f32>,
-    /// Minimum objectness of a proposal (default: the manifest's).
-    #[arg(long)]
-    pub objectness: Option<f32>,
-    /// Class-agnostic NMS IoU (default: the manifest's).
-    #[arg(long)]
-    pub nms_iou: Option<f32>,
-    /// Maximum proposals per image (default: the manifest's).
-    #[arg(long)]
-    pub max_proposals: Option<usize>,
+    #[command(flatten)]
+    pub proposals: ProposalArgs,
     /// Print JSON lines instead of a table.
     #[arg(long)]
     pub json: bool,
@@ -81,16 +74,7 @@ pub fn run(args: &DetectArgs) -> Result<()> {
     let text_tower = TextTower::load(&package, &options)?;
     tracing::info!(model = %manifest.name, image_device = %image_tower.device(), text_device = %text_tower.device(), "model loaded");
 
-    let mut params = ProposalParams::from(&manifest.proposals);
-    if let Some(t) = args.objectness {
-        params.objectness_threshold = t;
-    }
-    if let Some(iou) = args.nms_iou {
-        params.nms_iou = iou;
-    }
-    if let Some(k) = args.max_proposals {
-        params.max_per_image = k;
-    }
+    let params = args.proposals.params(&package);
     let threshold = args.threshold.unwrap_or(manifest.scoring.default_threshold);
 
     let prepared = image_tower.prepare(&image)?;

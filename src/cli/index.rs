@@ -7,9 +7,9 @@ use std::time::Duration;
 use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
 use spotter_indexer::{HnswParams, Index, IndexRequest, IndexSettings, Progress, VectorIndex};
-use spotter_model::{DecodeLimits, ImageTower, ProposalParams};
+use spotter_model::{DecodeLimits, ImageTower};
 
-use super::ModelArgs;
+use super::{ModelArgs, ProposalArgs};
 use crate::error::{Result, SpotterError};
 
 /// Arguments of `spotter index`.
@@ -24,15 +24,8 @@ pub struct IndexArgs {
     /// Images per inference batch.
     #[arg(long, default_value_t = 4)]
     pub batch: usize,
-    /// Minimum objectness of a stored proposal (default: the manifest's).
-    #[arg(long)]
-    pub objectness: Option<f32>,
-    /// Class-agnostic NMS IoU (default: the manifest's).
-    #[arg(long)]
-    pub nms_iou: Option<f32>,
-    /// Proposals kept per image (default: the manifest's).
-    #[arg(long)]
-    pub max_proposals: Option<usize>,
+    #[command(flatten)]
+    pub proposals: ProposalArgs,
     /// Follow symbolic links (loops are detected and reported).
     #[arg(long)]
     pub follow_symlinks: bool,
@@ -124,16 +117,7 @@ pub fn run(args: &IndexArgs) -> Result<()> {
     };
     let index = Index::open_for_model(&args.index, &package, &settings)?;
     let tower = ImageTower::load(&package, &args.model.runtime())?;
-    let mut params = ProposalParams::from(&package.manifest.proposals);
-    if let Some(t) = args.objectness {
-        params.objectness_threshold = t;
-    }
-    if let Some(iou) = args.nms_iou {
-        params.nms_iou = iou;
-    }
-    if let Some(k) = args.max_proposals {
-        params.max_per_image = k;
-    }
+    let params = args.proposals.params(&package);
     let request = IndexRequest {
         roots: args.archives.clone(),
         walk: spotter_indexer::walk::WalkOptions {

@@ -100,6 +100,37 @@ impl ModelArgs {
     }
 }
 
+/// Overrides of the manifest's proposal post-processing.
+#[derive(Debug, Clone, Args)]
+pub struct ProposalArgs {
+    /// Minimum objectness of a proposal (default: the manifest's).
+    #[arg(long)]
+    pub objectness: Option<f32>,
+    /// Class-agnostic NMS IoU (default: the manifest's).
+    #[arg(long)]
+    pub nms_iou: Option<f32>,
+    /// Maximum proposals per image (default: the manifest's).
+    #[arg(long)]
+    pub max_proposals: Option<usize>,
+}
+
+impl ProposalArgs {
+    /// The manifest's defaults with these overrides applied.
+    pub fn params(&self, package: &ModelPackage) -> spotter_model::ProposalParams {
+        let mut params = spotter_model::ProposalParams::from(&package.manifest.proposals);
+        if let Some(t) = self.objectness {
+            params.objectness_threshold = t;
+        }
+        if let Some(iou) = self.nms_iou {
+            params.nms_iou = iou;
+        }
+        if let Some(k) = self.max_proposals {
+            params.max_per_image = k;
+        }
+        params
+    }
+}
+
 /// Runs a parsed command line.
 pub fn run(cli: Cli) -> Result<()> {
     match cli.command {
