@@ -1,9 +1,30 @@
-//! Vector-index benchmark: build time, recall against an exact inner-product scan, and query
-//! speed of the embedded HNSW, on vectors shaped like the starter model's stored vectors
-//! (`[S·ê ; B]`, ê a unit mixture of 80 class directions) and like WeDetect's (norms varying with
-//! the level scale). Numbers go to docs/benchmarks.md.
+//! Vector-index benchmark: build time, memory, recall against an exact inner-product scan, and
+//! single-thread query speed of the embedded HNSW (`spotter_indexer::vectors::HnswVectors`).
 //!
+//! Two modes.
+//!
+//! *Synthetic* (no `--vectors`): vectors shaped like the starter model's stored vectors
+//! (`[S·ê ; B]`, ê a unit mixture of 80 class directions) and like WeDetect's (norms varying with
+//! the level scale), exact scan computed here. Numbers go to docs/benchmarks.md.
+//!
+//! ```sh
 //! cargo run --release --example bench_vectors -- [COUNT] [DIM] [M] [EF_CONSTRUCTION]
+//! ```
+//!
+//! *Files*: stored vectors, queries and exact top-k ids from `.npy` files (float32 `(N, D)`,
+//! float32 `(Q, D)`, int64 `(Q, K)`), as written by `scripts/bench/ann_compare.py`, so that the
+//! same vectors can be given to other engines. Numbers go to docs/ann-comparison.md.
+//!
+//! ```sh
+//! bench_vectors --vectors V.npy --queries Q.npy --ground-truth GT.npy \
+//!     --m 16 --ef-construction 200 --ef 16,32,64,128,256 --k 10,100 \
+//!     [--max-seconds 30] [--json]
+//! ```
+//!
+//! Vectors are inserted in chunks of 2048 (as the indexer does; hnsw_rs inserts a chunk on all
+//! cores). Queries run one at a time on one thread. `--max-seconds` caps the time of one (ef, k)
+//! setting: queries stop once it is spent (at least 50 are run) and recall is over those run.
+//! Memory is the process's peak resident set (`VmHWM`) and its growth over the build.
 
 use std::time::Instant;
 
@@ -25,12 +46,284 @@ fn normalise(v: &mut [f32]) {
     v.iter_mut().for_each(|x| *x /= n);
 }
 
-fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let args: Vec<String> = std::env::args().collect();
-    let count: usize = args.get(1).map_or(Ok(20_000), |s| s.parse())?;
-    let dim: usize = args.get(2).map_or(Ok(384), |s| s.parse())?;
-    let m: usize = args.get(3).map_or(Ok(16), |s| s.parse())?;
-    let ef_c: usize = args.get(4).map_or(Ok(200), |s| s.parse())?;
+type Error = Box<dyn std::error::Error>;
+
+fn main() -> Result<(), Error> {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    if args.iter().any(|a| a.starts_with("--")) {
+        files_mode(&args)
+    } else {
+        synthetic_mode(&args)
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// .npy files
+
+/// A 2-d array read from a `.npy` file.
+struct Array<T> {
+    rows: usize,
+    cols: usize,
+    data: Vec<T>,
+}
+
+impl<T> Array<T> {
+    fn row(&self, i: usize) -> &[T] {
+        &self.data[i * self.cols..(i + 1) * self.cols]
+    }
+}
+
+/// Reads the header of a `.npy` file: dtype descriptor, shape, and where the data start.
+/// Format: `\x93NUMPY`, major and minor version bytes, header length (u16 for version 1, u32 for
+/// 2 and 3, little-endian), then a Python dict literal
+/// `{'descr': '<f4', 'fortran_order': False, 'shape': (N, D), }` padded with spaces.
+fn npy_header(bytes: &[u8], path: &str) -> Result<(String, Vec<usize>, usize), Error> {
+    let bad = |why: &str| -> Error { format!("{path}: not a .npy file we can read ({why})").into() };
+    if bytes.len() < 10 || &bytes[..6] != b"\x93NUMPY" {
+        return Err(bad("no magic string"));
+    }
+    let (len, start) = match bytes[6] {
+        1 => (u16::from_le_bytes([bytes[8], bytes[9]]) as usize, 10),
+        2 | 3 => {
+            if bytes.len() < 12 {
+                return Err(bad("truncated header"));
+            }
+            (
+                u32::from_le_bytes([bytes[8], bytes[9], bytes[10], bytes[11]]) as usize,
+                12,
+            )
+        }
+        v => return Err(bad(&format!("format version {v}"))),
+    };
+    let header = std::str::from_utf8(
+        bytes
+            .get(start..start + len)
+            .ok_or_else(|| bad("truncated header"))?,
+    )?;
+    let value_of = |key: &str| -> Result<&str, Error> {
+        let at = header
+            .find(&format!("'{key}'"))
+            .ok_or_else(|| bad(&format!("no {key}")))?;
+        let rest = &header[at + key.len() + 2..];
+        let colon = rest.find(':').ok_or_else(|| bad("malformed header"))?;
+        Ok(rest[colon + 1..].trim_start())
+    };
+    let descr = value_of("descr")?;
+    let descr = descr
+        .strip_prefix('\'')
+        .and_then(|d| d.split('\'').next())
+        .ok_or_else(|| bad("malformed descr"))?
+        .to_string();
+    if value_of("fortran_order")?.starts_with("True") {
+        return Err(bad("Fortran order"));
+    }
+    let shape = value_of("shape")?;
+    let shape = shape
+        .strip_prefix('(')
+        .and_then(|s| s.split(')').next())
+        .ok_or_else(|| bad("malformed shape"))?;
+    let shape: Vec<usize> = shape
+        .split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(|s| s.parse::<usize>())
+        .collect::<Result<_, _>>()?;
+    Ok((descr, shape, start + len))
+}
+
+/// Reads a 2-d little-endian `.npy` array whose dtype is `descr` (`<f4` or `<i8`).
+fn read_npy<T, const N: usize>(
+    path: &str,
+    descr: &str,
+    decode: fn([u8; N]) -> T,
+) -> Result<Array<T>, Error> {
+    let bytes = std::fs::read(path).map_err(|e| format!("{path}: {e}"))?;
+    let (found, shape, start) = npy_header(&bytes, path)?;
+    if found != descr {
+        return Err(format!("{path}: dtype {found}, expected {descr}").into());
+    }
+    let (rows, cols) = match shape[..] {
+        [r, c] => (r, c),
+        [r] => (r, 1),
+        _ => return Err(format!("{path}: shape {shape:?}, expected 2 dimensions").into()),
+    };
+    let body = &bytes[start..];
+    if body.len() < rows * cols * N {
+        return Err(format!("{path}: truncated data").into());
+    }
+    let data = body[..rows * cols * N]
+        .chunks_exact(N)
+        .map(|c| decode(c.try_into().expect("chunk of N bytes")))
+        .collect();
+    Ok(Array { rows, cols, data })
+}
+
+// ---------------------------------------------------------------------------------------------
+// Files mode
+
+fn proc_status_kib(key: &str) -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with(key))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|v| v.parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+fn list(s: &str) -> Result<Vec<usize>, Error> {
+    Ok(s.split(',')
+        .map(|x| x.trim().parse::<usize>())
+        .collect::<Result<_, _>>()?)
+}
+
+fn files_mode(args: &[String]) -> Result<(), Error> {
+    let mut vectors = None;
+    let mut queries = None;
+    let mut truth = None;
+    let mut m = 16usize;
+    let mut ef_c = 200usize;
+    let mut efs = vec![16usize, 32, 64, 128, 256];
+    let mut ks = vec![10usize, 100];
+    let mut json = false;
+    let mut max_seconds = f64::INFINITY;
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
+        let mut value = || {
+            it.next()
+                .cloned()
+                .ok_or_else(|| -> Error { format!("{a} needs a value").into() })
+        };
+        match a.as_str() {
+            "--vectors" => vectors = Some(value()?),
+            "--queries" => queries = Some(value()?),
+            "--ground-truth" => truth = Some(value()?),
+            "--m" => m = value()?.parse()?,
+            "--ef-construction" => ef_c = value()?.parse()?,
+            "--ef" => efs = list(&value()?)?,
+            "--k" => ks = list(&value()?)?,
+            "--max-seconds" => max_seconds = value()?.parse()?,
+            "--json" => json = true,
+            other => return Err(format!("unknown argument {other}").into()),
+        }
+    }
+    let (Some(vectors), Some(queries), Some(truth)) = (vectors, queries, truth) else {
+        return Err("--vectors, --queries and --ground-truth are all needed".into());
+    };
+    let base: Array<f32> = read_npy(&vectors, "<f4", f32::from_le_bytes)?;
+    let qs: Array<f32> = read_npy(&queries, "<f4", f32::from_le_bytes)?;
+    let gt: Array<i64> = read_npy(&truth, "<i8", i64::from_le_bytes)?;
+    if qs.cols != base.cols || gt.rows != qs.rows {
+        return Err(format!(
+            "shapes do not match: vectors {}x{}, queries {}x{}, ground truth {}x{}",
+            base.rows, base.cols, qs.rows, qs.cols, gt.rows, gt.cols
+        )
+        .into());
+    }
+    if let Some(k) = ks.iter().find(|k| **k > gt.cols) {
+        return Err(format!("k={k} but the ground truth holds {} ids", gt.cols).into());
+    }
+    let log = |s: String| {
+        if json {
+            eprintln!("{s}")
+        } else {
+            println!("{s}")
+        }
+    };
+
+    let dir = std::env::temp_dir().join(format!("spotter-bench-vectors-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let rss_before_kib = proc_status_kib("VmRSS:");
+    let index = HnswVectors::open(
+        &dir,
+        base.cols,
+        HnswParams {
+            m,
+            ef_construction: ef_c,
+        },
+    )?;
+    let t = Instant::now();
+    let mut chunk: Vec<(u64, Vec<f32>)> = Vec::with_capacity(2048);
+    for start in (0..base.rows).step_by(2048) {
+        chunk.clear();
+        chunk.extend(
+            (start..(start + 2048).min(base.rows)).map(|i| (i as u64, base.row(i).to_vec())),
+        );
+        index.insert(&chunk)?;
+    }
+    drop(chunk);
+    let build_s = t.elapsed().as_secs_f64();
+    let rss_after_kib = proc_status_kib("VmRSS:");
+    let peak_kib = proc_status_kib("VmHWM:");
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+    log(format!(
+        "spotter-hnsw: {} vectors of {} floats, M={m}, ef_construction={ef_c}: build {build_s:.1} s ({:.0} vectors/s, {threads} threads), {} group(s), peak RSS {:.0} MiB (+{:.0} MiB over the build)",
+        base.rows,
+        base.cols,
+        base.rows as f64 / build_s,
+        index.groups(),
+        peak_kib as f64 / 1024.0,
+        (rss_after_kib as f64 - rss_before_kib as f64) / 1024.0
+    ));
+
+    let mut results = Vec::new();
+    for &ef in &efs {
+        for &k in &ks {
+            let t = Instant::now();
+            let mut hit = 0usize;
+            let mut done = 0usize;
+            for qi in 0..qs.rows {
+                let got = index.search(qs.row(qi), k, ef)?;
+                let want = &gt.row(qi)[..k];
+                hit += got.iter().filter(|n| want.contains(&(n.id as i64))).count();
+                done += 1;
+                if done >= 50 && t.elapsed().as_secs_f64() > max_seconds {
+                    break;
+                }
+            }
+            let secs = t.elapsed().as_secs_f64();
+            let recall = hit as f64 / (k * done) as f64;
+            let qps = done as f64 / secs;
+            log(format!(
+                "  ef={ef:<4} k={k:<3} recall {recall:.4}  {qps:.1} queries/s (1 thread, {done} queries)"
+            ));
+            results.push(serde_json::json!({
+                "ef": ef, "k": k, "recall": recall, "qps": qps, "queries": done,
+            }));
+        }
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+    if json {
+        let out = serde_json::json!({
+            "engine": "spotter-hnsw",
+            "describe": index.describe(),
+            "n": base.rows,
+            "dim": base.cols,
+            "m": m,
+            "ef_construction": ef_c,
+            "groups": index.groups(),
+            "build_s": build_s,
+            "build_threads": threads,
+            "peak_rss_mib": peak_kib as f64 / 1024.0,
+            "rss_delta_mib": (rss_after_kib as f64 - rss_before_kib as f64) / 1024.0,
+            "input_mib": (base.data.len() * 4) as f64 / (1024.0 * 1024.0),
+            "results": results,
+        });
+        println!("{out}");
+    }
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------------
+// Synthetic mode (docs/benchmarks.md)
+
+fn synthetic_mode(args: &[String]) -> Result<(), Error> {
+    let count: usize = args.first().map_or(Ok(20_000), |s| s.parse())?;
+    let dim: usize = args.get(1).map_or(Ok(384), |s| s.parse())?;
+    let m: usize = args.get(2).map_or(Ok(16), |s| s.parse())?;
+    let ef_c: usize = args.get(3).map_or(Ok(200), |s| s.parse())?;
     let mut rng = Rng(7);
     // 80 class directions; each vector mixes its top-3 classes plus noise (clustered, like ConSE).
     let classes: Vec<Vec<f32>> = (0..80)

@@ -7,6 +7,7 @@ pub mod cli;
 pub mod draw;
 pub mod engine;
 pub mod error;
+pub mod eval;
 pub mod lru;
 pub mod query;
 pub mod server;

@@ -1,6 +1,7 @@
 //! The `spotter` command line: argument definitions and dispatch.
 
 pub mod detect;
+pub mod eval;
 pub mod index;
 pub mod models;
 pub mod search;
@@ -60,6 +61,16 @@ pub enum Command {
     Stats(index::StatsArgs),
     /// Rebuild the vector index without deleted entries.
     Compact(index::CompactArgs),
+    /// Measure retrieval quality against COCO-format labels (WeDetect's metric, plus AP,
+    /// box top-1 and proposal recall).
+    ///
+    /// For each category name (as a text query) an image is retrieved when its best proposal's
+    /// probability exceeds --threshold; ground truth = images with at least one box of the
+    /// category; per-category precision/recall/F1, macro-averaged, and a threshold sweep. AP
+    /// ranks images by that best probability. Box top-1: the best proposal of a positive image
+    /// overlaps a true box at IoU >= 0.5. AR@100/@300: class-agnostic recall of true boxes by
+    /// the most objective proposals, averaged over IoU 0.50:0.05:0.95.
+    Eval(eval::EvalArgs),
 }
 
 /// Options shared by every command that loads a model.
@@ -141,5 +152,6 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Serve(args) => serve::run(&args),
         Command::Stats(args) => index::stats(&args),
         Command::Compact(args) => index::compact(&args),
+        Command::Eval(args) => eval::run(&args),
     }
 }
