@@ -78,7 +78,8 @@ impl<T> Array<T> {
 /// 2 and 3, little-endian), then a Python dict literal
 /// `{'descr': '<f4', 'fortran_order': False, 'shape': (N, D), }` padded with spaces.
 fn npy_header(bytes: &[u8], path: &str) -> Result<(String, Vec<usize>, usize), Error> {
-    let bad = |why: &str| -> Error { format!("{path}: not a .npy file we can read ({why})").into() };
+    let bad =
+        |why: &str| -> Error { format!("{path}: not a .npy file we can read ({why})").into() };
     if bytes.len() < 10 || &bytes[..6] != b"\x93NUMPY" {
         return Err(bad("no magic string"));
     }

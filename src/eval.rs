@@ -230,9 +230,10 @@ pub fn evaluate(images: &[EvalImage], categories: &[CocoCategory], threshold: f3
         let top1_hits = positive_images
             .iter()
             .filter(|im| {
+                // The first proposal with the highest probability (ties: earlier wins).
                 im.proposals
                     .iter()
-                    .max_by(|a, b| a.2[c].total_cmp(&b.2[c]))
+                    .reduce(|best, p| if p.2[c] > best.2[c] { p } else { best })
                     .is_some_and(|best| {
                         im.truth
                             .iter()

@@ -1,0 +1,116 @@
+//! `spotter eval` on a labelled set the test builds from registry photos
+//! (`scripts/make_eval_set.py`): its numbers equal an independent Python computation of the same
+//! metric (`scripts/eval_reference.py`), and the starter model's figures do not regress.
+
+mod common;
+
+use std::process::Stdio;
+
+use common::*;
+
+#[test]
+fn eval_matches_the_python_reference_and_the_starter_baseline() {
+    let root = scratch("eval");
+    let set = root.join("set");
+    run_python("make_eval_set.py", &[&set.display().to_string()]);
+    let images = set.join("images");
+    let annotations = set.join("annotations.json");
+    let index = root.join("index");
+    let status = spotter()
+        .env("RUST_LOG", "error")
+        .args(["index", "--quiet", "--device", "cpu", "--index"])
+        .arg(&index)
+        .arg(&images)
+        .stdout(Stdio::null())
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let output = spotter()
+        .args([
+            "eval",
+            "--json",
+            "--device",
+            "cpu",
+            "--threshold",
+            "0.2",
+            "--annotations",
+        ])
+        .arg(&annotations)
+        .arg("--images")
+        .arg(&images)
+        .arg("--index")
+        .arg(&index)
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let ours: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+
+    let reference_out = root.join("reference.json");
+    run_python(
+        "eval_reference.py",
+        &[
+            "--annotations",
+            &annotations.display().to_string(),
+            "--images",
+            &images.display().to_string(),
+            "--model",
+            &package_dir("starter").display().to_string(),
+            "--threshold",
+            "0.2",
+            "--out",
+            &reference_out.display().to_string(),
+        ],
+    );
+    let reference = read_json(&reference_out);
+
+    // Same categories, same counts; metrics equal up to JPEG-decoder differences between the
+    // image crate and Pillow (a score near the threshold may flip one image).
+    let theirs = reference["per_category"].as_object().unwrap();
+    let mine = ours["per_category"].as_object().unwrap();
+    assert_eq!(
+        mine.keys().collect::<Vec<_>>(),
+        theirs.keys().collect::<Vec<_>>()
+    );
+    for (name, r) in theirs {
+        let m = &mine[name];
+        assert_eq!(m["positives"], r["positives"], "{name}");
+        for key in ["precision", "recall", "f1", "ap", "box_top1"] {
+            let (a, b) = (m[key].as_f64().unwrap(), r[key].as_f64().unwrap());
+            assert!((a - b).abs() <= 0.1, "{name} {key}: {a} vs reference {b}");
+        }
+    }
+    for (key, ours_key) in [
+        ("precision", "precision"),
+        ("recall", "recall"),
+        ("f1", "f1"),
+    ] {
+        let (a, b) = (
+            ours["macro_avg"][ours_key].as_f64().unwrap(),
+            reference["macro"][key].as_f64().unwrap(),
+        );
+        assert!((a - b).abs() <= 0.03, "macro {key}: {a} vs reference {b}");
+    }
+
+    // Regression: the starter model's figures on this set (measured when the set was made).
+    let baseline = read_json(&repo_root().join("tests/data/starter_eval_baseline.json"));
+    for key in [
+        "macro_f1",
+        "macro_recall",
+        "mean_ap",
+        "mean_box_top1",
+        "ar_100",
+    ] {
+        let got = match key {
+            "macro_f1" => ours["macro_avg"]["f1"].as_f64(),
+            "macro_recall" => ours["macro_avg"]["recall"].as_f64(),
+            other => ours[other].as_f64(),
+        }
+        .unwrap();
+        let want = baseline[key].as_f64().unwrap();
+        assert!((got - want).abs() <= 0.03, "{key}: {got}, baseline {want} (update tests/data/starter_eval_baseline.json only for an intended change)");
+    }
+}
