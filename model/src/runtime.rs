@@ -237,7 +237,9 @@ pub fn build_session(graph: &Path, options: &RuntimeOptions) -> Result<(Session,
                 Ok((session, ActiveDevice::Cuda))
             }
             Err(err) => {
-                tracing::info!(graph = %graph.display(), reason = %err, "CUDA not available, running on CPU");
+                // Expected on machines without a GPU: say it at debug level (-v shows it); the
+                // commands report the device they run on.
+                tracing::debug!(graph = %graph.display(), reason = %err, "CUDA not available, running on CPU");
                 Ok((commit(base_builder(options)?, graph)?, ActiveDevice::Cpu))
             }
         },
