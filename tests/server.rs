@@ -336,3 +336,31 @@ fn the_page_finds_the_cat_in_a_real_browser() {
         assert!(artifacts.join(shot).is_file(), "{shot} missing");
     }
 }
+
+#[test]
+fn serve_can_index_an_archive_in_the_background_while_answering() {
+    let dir = scratch("server-archive");
+    let archive = dir.join("photos");
+    std::fs::create_dir_all(&archive).unwrap();
+    for name in ["chelsea.png", "coffee.png", "motorcycle_left.png"] {
+        std::fs::copy(sample(name), archive.join(name)).unwrap();
+    }
+    let server = start(&dir, &["--archive", &archive.display().to_string()]);
+    // The server answers at once (empty index), then the background pass fills it.
+    let (status, _) = json(&server.base, "/api/health");
+    assert_eq!(status, 200);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+    loop {
+        let (_, stats) = json(&server.base, "/api/stats");
+        if stats["indexed"] == 3 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "background indexing did not finish: {stats}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    let (_, result) = json(&server.base, "/api/search?q=cat");
+    assert_eq!(result["hits"][0]["path"], "chelsea.png");
+}
