@@ -45,7 +45,7 @@ import torch.nn.functional as F  # noqa: E402
 from torch import nn  # noqa: E402
 
 OPSET = 17
-STRIDES = (8, 16, 32)
+from package import STRIDES, wedetect_manifest  # noqa: E402  (scripts/wedetect/package.py)
 EMBED_DIM = 768
 SIZES = {  # input side, XLM-R folder inside the WeDetect checkout
     "base": (640, "xlm-roberta-base"),
@@ -298,49 +298,14 @@ def report(name, got, want, atol, rtol=0.0):
 # main
 # --------------------------------------------------------------------------------------------
 def manifest(args, side, scales, biases, p0_norm, num_prompts):
-    return {
-        "format_version": 1,
-        "name": os.path.basename(os.path.normpath(args.out)),
-        "description": (f"WeDetect-Uni {args.size.capitalize()} proposals ({side}x{side}) with the WeDetect "
-                        f"{args.size.capitalize()} XLM-R text tower; objectness = "
-                        f"{'prompt 0' if args.objectness == 'first' else f'max over {num_prompts} prompts'} "
-                        f"(|p0| = {p0_norm:.3f})"),
-        "license": "GPL-3.0 (WeDetect, WeChatCV); XLM-RoBERTa: MIT",
-        "embedding_dim": EMBED_DIM,
-        "image": {
-            "graph": "image.onnx",
-            "input": "pixels",
-            "input_size": [side, side],
-            "batch_size": None,
-            "layout": "NCHW",
-            "channel_order": "RGB",
-            "scale": 1.0 / 255.0,
-            "mean": [0.0, 0.0, 0.0],
-            "std": [1.0, 1.0, 1.0],
-            "letterbox": {"pad_value": 114, "centered": True},
-            "resize_filter": "bilinear",
-            "outputs": {"boxes": "boxes", "objectness": "objectness", "embeddings": "embeddings", "levels": "levels"},
-        },
-        "text": {
-            "graph": "text.onnx",
-            "tokenizer": "tokenizer.json",
-            "input_ids": "input_ids",
-            "attention_mask": "attention_mask",
-            "token_type_ids": None,
-            "pad_id": 1,
-            "max_length": 512,  # XLM-R has 514 positions, 2 of them reserved
-            "output": "text_embeddings",
-            "query_template": "{}",
-        },
-        # the defaults of the reference infer_anything.py; its demo threshold is 0.2
-        "proposals": {"objectness_threshold": 0.1, "nms_iou": 0.7, "max_per_image": 100},
-        "scoring": {
-            "activation": "sigmoid",
-            "levels": [{"stride": s, "scale": float(sc), "bias": float(b)} for s, sc, b in zip(STRIDES, scales, biases)],
-            "default_threshold": 0.2,
-        },
-    }
-
+    return wedetect_manifest(
+        name=os.path.basename(os.path.normpath(args.out)),
+        description=(f"WeDetect-Uni {args.size.capitalize()} proposals ({side}x{side}) with the WeDetect "
+                     f"{args.size.capitalize()} XLM-R text tower; objectness = "
+                     f"{'prompt 0' if args.objectness == 'first' else f'max over {num_prompts} prompts'} "
+                     f"(|p0| = {p0_norm:.3f})"),
+        license_text="GPL-3.0 (WeDetect, WeChatCV); XLM-RoBERTa: MIT",
+        embedding_dim=EMBED_DIM, side=side, scales=scales, biases=biases)
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description="Export WeDetect-Uni as a Spotter model package")

@@ -123,10 +123,7 @@ pub fn run(args: &EvalArgs) -> Result<()> {
     }
     let report = evaluate(&evaluated, &coco.categories, args.threshold);
     if args.json {
-        println!(
-            "{}",
-            serde_json::to_string_pretty(&report).unwrap_or_default()
-        );
+        super::print_json(&report);
         return Ok(());
     }
     println!(

@@ -161,10 +161,7 @@ pub fn run(args: &IndexArgs) -> Result<()> {
     progress.bar.finish_and_clear();
 
     if args.json {
-        println!(
-            "{}",
-            serde_json::to_string_pretty(&report).unwrap_or_default()
-        );
+        super::print_json(&report);
         return Ok(());
     }
     println!(
@@ -209,10 +206,7 @@ pub fn stats(args: &StatsArgs) -> Result<()> {
     let index = Index::open(&args.index)?;
     let stats = index.stats()?;
     if args.json {
-        println!(
-            "{}",
-            serde_json::to_string_pretty(&stats).unwrap_or_default()
-        );
+        super::print_json(&stats);
     } else {
         println!("index       {}", stats.dir.display());
         println!("model       {}", stats.model);

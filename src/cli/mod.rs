@@ -142,6 +142,14 @@ impl ProposalArgs {
     }
 }
 
+/// Prints a value as pretty JSON on stdout (the `--json` output of the commands).
+pub fn print_json<T: serde::Serialize>(value: &T) {
+    println!(
+        "{}",
+        serde_json::to_string_pretty(value).unwrap_or_default()
+    );
+}
+
 /// Runs a parsed command line.
 pub fn run(cli: Cli) -> Result<()> {
     match cli.command {
