@@ -9,8 +9,8 @@ import sys
 doc, name, content_file = sys.argv[1:4]
 text = open(doc, encoding="utf-8").read()
 content = open(content_file, encoding="utf-8").read().strip("\n")
-pattern = re.compile(rf"(<!-- bench:{re.escape(name)} -->\n).*?(\n<!-- /bench:{re.escape(name)} -->)", re.S)
+pattern = re.compile(rf"(<!-- bench:{re.escape(name)} -->).*?(<!-- /bench:{re.escape(name)} -->)", re.S)
 if not pattern.search(text):
     sys.exit(f"{doc}: no <!-- bench:{name} --> section")
-text = pattern.sub(lambda m: m.group(1) + content + m.group(2), text)
+text = pattern.sub(lambda m: m.group(1) + "\n" + content + "\n" + m.group(2), text)
 open(doc, "w", encoding="utf-8").write(text)
