@@ -27,8 +27,8 @@ cargo fmt --all -- --check
 echo; echo "==> cargo clippy -D warnings"
 cargo clippy --release --workspace --all-targets --locked -- -D warnings
 
-echo; echo "==> cargo test (release profile, shares the set-up build)"
-cargo test --release --workspace --locked
-
 echo; echo "==> benchmark smoke run (scripts/bench.sh --quick; numbers are not checked)"
 bash scripts/bench.sh --quick
+
+echo; echo "==> cargo test (release profile, shares the set-up build)"
+cargo test --release --workspace --locked
