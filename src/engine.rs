@@ -189,8 +189,13 @@ pub struct SearchEngine {
 }
 
 impl SearchEngine {
-    /// Loads the text tower of the index's model.
-    pub fn new(index: Arc<Index>, package: ModelPackage, runtime: &RuntimeOptions) -> Result<Self> {
+    /// Loads the text tower of the index's model (`text_sessions` copies for concurrent queries).
+    pub fn new(
+        index: Arc<Index>,
+        package: ModelPackage,
+        runtime: &RuntimeOptions,
+        text_sessions: usize,
+    ) -> Result<Self> {
         if package.manifest.name != index.meta().model {
             return Err(SpotterError::Usage(format!(
                 "the index was built with model '{}', not '{}'",
@@ -198,7 +203,7 @@ impl SearchEngine {
                 package.manifest.name
             )));
         }
-        let text = TextTower::load(&package, runtime)?;
+        let text = TextTower::load_pool(&package, runtime, text_sessions)?;
         Ok(SearchEngine {
             scoring: Scoring::new(&package.manifest.scoring),
             index,

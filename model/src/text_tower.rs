@@ -1,5 +1,6 @@
 //! The text graph: texts → tokenizer → token ids → one normalised embedding per text.
 
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Mutex;
 
 use ort::session::Session;
@@ -18,7 +19,9 @@ pub struct TextTower {
     spec: TextSpec,
     dim: usize,
     tokenizer: Tokenizer,
-    session: Mutex<Session>,
+    /// Sessions used round-robin, so concurrent queries do not all wait for one.
+    sessions: Vec<Mutex<Session>>,
+    next: AtomicUsize,
     device: ActiveDevice,
 }
 
@@ -36,8 +39,18 @@ pub struct TokenBatch {
 }
 
 impl TextTower {
-    /// Loads the package's tokenizer and text graph.
+    /// Loads the package's tokenizer and text graph (one session).
     pub fn load(package: &ModelPackage, options: &RuntimeOptions) -> Result<Self> {
+        Self::load_pool(package, options, 1)
+    }
+
+    /// Loads the tokenizer and `sessions` copies of the text graph (for servers answering
+    /// several queries at once; each session costs the graph's size in memory).
+    pub fn load_pool(
+        package: &ModelPackage,
+        options: &RuntimeOptions,
+        sessions: usize,
+    ) -> Result<Self> {
         let spec = package.manifest.text.clone();
         let path = package.tokenizer_path();
         let mut tokenizer = Tokenizer::from_file(&path)
@@ -49,12 +62,19 @@ impl TextTower {
                 ..Default::default()
             }))
             .map_err(|e| ModelError::Tokenizer(format!("setting truncation: {e}")))?;
-        let (session, device) = build_session(&package.text_graph_path(), options)?;
+        let mut pool = Vec::with_capacity(sessions.max(1));
+        let mut device = ActiveDevice::Cpu;
+        for _ in 0..sessions.max(1) {
+            let (session, active) = build_session(&package.text_graph_path(), options)?;
+            device = active;
+            pool.push(Mutex::new(session));
+        }
         Ok(TextTower {
             spec,
             dim: package.manifest.embedding_dim,
             tokenizer,
-            session: Mutex::new(session),
+            sessions: pool,
+            next: AtomicUsize::new(0),
             device,
         })
     }
@@ -129,8 +149,8 @@ impl TextTower {
                 tensor(vec![0; batch.ids.len()])?.into(),
             ));
         }
-        let mut session = self
-            .session
+        let slot = self.next.fetch_add(1, Ordering::Relaxed) % self.sessions.len();
+        let mut session = self.sessions[slot]
             .lock()
             .map_err(|_| ModelError::Invalid("text session poisoned by an earlier panic".into()))?;
         let outputs = session

@@ -58,7 +58,7 @@ pub fn run(args: &SearchArgs) -> Result<()> {
     let index = Arc::new(Index::open(&args.index)?);
     let mut model = args.model.clone();
     model.model = index.meta().model.clone();
-    let engine = SearchEngine::new(index.clone(), model.package()?, &model.runtime())?;
+    let engine = SearchEngine::new(index.clone(), model.package()?, &model.runtime(), 1)?;
     let params = SearchParams {
         k: args.k,
         offset: args.offset,

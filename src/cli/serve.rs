@@ -61,10 +61,13 @@ pub fn run(args: &ServeArgs) -> Result<()> {
     };
     model.model = index.meta().model.clone();
     let package = model.package()?;
+    // A few text sessions so concurrent cold queries do not queue behind one.
+    let sessions = std::thread::available_parallelism().map_or(2, |n| n.get().min(4));
     let engine = Arc::new(SearchEngine::new(
         index.clone(),
         package.clone(),
         &model.runtime(),
+        sessions,
     )?);
 
     if !args.archives.is_empty() {
