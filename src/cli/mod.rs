@@ -16,11 +16,13 @@ use crate::error::Result;
 
 /// Spotter finds objects in image archives by text.
 ///
-/// Typical use: `spotter index ~/Pictures --index ~/.spotter` to index an archive, then
-/// `spotter search "red car" --index ~/.spotter`. `spotter detect photo.jpg --text "cat,car"`
-/// tries a model on one image; `spotter models` lists installed model packages.
+/// Typical use: `spotter index ~/Pictures --index ~/.spotter` indexes an archive (run it again
+/// after changes: only new and changed files are read); `spotter search "red car" --index
+/// ~/.spotter` searches it; `spotter serve --index ~/.spotter` opens the search page on
+/// http://127.0.0.1:7878/. `spotter detect photo.jpg --text "cat,car"` tries a model on one
+/// image; `spotter models` lists installed model packages.
 #[derive(Debug, Parser)]
-#[command(name = "spotter", version, about, long_about = None, propagate_version = true)]
+#[command(name = "spotter", version, about, long_about, propagate_version = true)]
 pub struct Cli {
     /// Log more (-v: debug, -vv: trace). RUST_LOG overrides.
     #[arg(short, long, action = clap::ArgAction::Count, global = true)]
@@ -33,14 +35,6 @@ pub struct Cli {
 /// Spotter's commands.
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Detect and score objects in one image against texts (the model demo).
-    ///
-    /// Every proposal of the image is scored against each comma-separated text with the
-    /// model's own rule; proposals whose best score passes --threshold are printed (and drawn
-    /// with --out).
-    Detect(detect::DetectArgs),
-    /// List installed model packages and their manifests.
-    Models(models::ModelsArgs),
     /// Index image archives (incremental: unchanged files are not read again).
     ///
     /// Walks each ARCHIVE, runs the model on new and changed images, stores every kept
@@ -71,6 +65,14 @@ pub enum Command {
     /// overlaps a true box at IoU >= 0.5. AR@100/@300: class-agnostic recall of true boxes by
     /// the most objective proposals, averaged over IoU 0.50:0.05:0.95.
     Eval(eval::EvalArgs),
+    /// Detect and score objects in one image against texts (the model demo).
+    ///
+    /// Every proposal of the image is scored against each comma-separated text with the
+    /// model's own rule; proposals whose best score passes --threshold are printed (and drawn
+    /// with --out).
+    Detect(detect::DetectArgs),
+    /// List installed model packages and their manifests.
+    Models(models::ModelsArgs),
 }
 
 /// Options shared by every command that loads a model.
