@@ -32,7 +32,7 @@ echo "==> vector index ($VECTORS vectors)"
 
 echo "==> load test ($FIXTURE proposals, $CLIENTS clients, ${SECONDS_LOAD}s)"
 SOURCE=".cache/bench/index-${SIZES[-1]}"
-FIX=".cache/bench/fixture-$FIXTURE"
+FIX=".cache/bench/fixture-$FIXTURE"   # reused between runs
 [[ -d "$FIX" ]] || target/release/examples/make_fixture "$SOURCE" "$FIX" "$FIXTURE"
 PORT=$(( 20000 + RANDOM % 20000 ))
 target/release/spotter serve --index "$FIX" --addr "127.0.0.1:$PORT" --device cpu >/dev/null 2>&1 &

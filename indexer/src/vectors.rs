@@ -63,21 +63,43 @@ pub struct DirectionL2;
 impl Distance<f32> for DirectionL2 {
     fn eval(&self, a: &[f32], b: &[f32]) -> f32 {
         let n = a.len().min(b.len()).saturating_sub(1);
-        let (a, b) = (&a[..n], &b[..n]);
-        let mut acc = [0f32; 8];
-        let chunks = n / 8 * 8;
-        for (ca, cb) in a[..chunks].chunks_exact(8).zip(b[..chunks].chunks_exact(8)) {
-            for i in 0..8 {
-                let d = ca[i] - cb[i];
-                acc[i] += d * d;
+        #[cfg(target_arch = "x86_64")]
+        {
+            if std::arch::is_x86_feature_detected!("avx2")
+                && std::arch::is_x86_feature_detected!("fma")
+            {
+                // SAFETY: the CPU supports the features the function is compiled for.
+                return unsafe { squared_l2_avx2(&a[..n], &b[..n]) }.sqrt();
             }
         }
-        let mut sum: f32 = acc.iter().sum();
-        for (x, y) in a[chunks..].iter().zip(&b[chunks..]) {
-            sum += (x - y) * (x - y);
-        }
-        sum.sqrt()
+        squared_l2(&a[..n], &b[..n]).sqrt()
     }
+}
+
+/// Squared L2 distance, written so the compiler vectorises it (8 independent accumulators).
+#[inline(always)]
+fn squared_l2(a: &[f32], b: &[f32]) -> f32 {
+    let mut acc = [0f32; 8];
+    let chunks = a.len() / 8 * 8;
+    for (ca, cb) in a[..chunks].chunks_exact(8).zip(b[..chunks].chunks_exact(8)) {
+        for i in 0..8 {
+            let d = ca[i] - cb[i];
+            acc[i] += d * d;
+        }
+    }
+    let mut sum: f32 = acc.iter().sum();
+    for (x, y) in a[chunks..].iter().zip(&b[chunks..]) {
+        sum += (x - y) * (x - y);
+    }
+    sum
+}
+
+/// The same loop compiled for AVX2 + FMA, chosen at run time (the release build targets plain
+/// x86-64, so without this the graphs' distance runs on SSE2).
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn squared_l2_avx2(a: &[f32], b: &[f32]) -> f32 {
+    squared_l2(a, b)
 }
 
 /// HNSW construction parameters.
