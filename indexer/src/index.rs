@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use spotter_model::ModelPackage;
 
 use crate::error::{IndexError, Result};
-use crate::records::{image_of_proposal, ImageRecord, IndexMeta, ProposalRecord};
+use crate::records::{ImageRecord, IndexMeta};
 use crate::store::Store;
 use crate::vectors::{HnswParams, HnswVectors, VectorIndex};
 
@@ -17,21 +17,6 @@ pub struct IndexSettings {
     pub half_precision: bool,
     /// HNSW parameters.
     pub hnsw: HnswParams,
-}
-
-/// One search hit: a proposal, its image and the model's logit.
-#[derive(Debug, Clone)]
-pub struct Hit {
-    /// Proposal id.
-    pub proposal_id: u64,
-    /// The proposal.
-    pub proposal: ProposalRecord,
-    /// Image id.
-    pub image_id: u64,
-    /// The image record.
-    pub image: ImageRecord,
-    /// `<q, v>`: the model's logit.
-    pub logit: f32,
 }
 
 /// Counts and sizes of an index.
@@ -213,28 +198,6 @@ impl Index {
     /// Index settings.
     pub fn meta(&self) -> &IndexMeta {
         &self.meta
-    }
-
-    /// The `k` proposals of largest logit against `query` (`[t̂ ; 1]`), best first.
-    pub fn search(&self, query: &[f32], k: usize, ef: usize) -> Result<Vec<Hit>> {
-        let mut hits = Vec::with_capacity(k);
-        for n in self.vectors.search(query, k, ef)? {
-            let Some(proposal) = self.store.proposal(n.id)? else {
-                continue;
-            };
-            let image_id = image_of_proposal(n.id);
-            let Some(image) = self.store.image(image_id)? else {
-                continue;
-            };
-            hits.push(Hit {
-                proposal_id: n.id,
-                proposal,
-                image_id,
-                image,
-                logit: n.logit,
-            });
-        }
-        Ok(hits)
     }
 
     /// Absolute path of an image record.

@@ -4,7 +4,7 @@
 //! - [`pipeline`]: one indexing run (decode, model, write), incremental and crash-safe;
 //! - [`store`]: the sled database, the source of truth;
 //! - [`vectors`]: the vector index interface and its embedded HNSW implementation;
-//! - [`index`]: an open index (store + vectors, reconciled at open) and search.
+//! - [`index`]: an open index (store + vectors, reconciled at open), stats, compaction.
 
 pub mod error;
 pub mod index;
@@ -15,6 +15,6 @@ pub mod vectors;
 pub mod walk;
 
 pub use error::{IndexError, Result};
-pub use index::{Hit, Index, IndexSettings, IndexStats};
+pub use index::{Index, IndexSettings, IndexStats};
 pub use pipeline::{run, IndexRequest, NoProgress, Progress, RunReport};
 pub use vectors::{HnswParams, VectorIndex};
