@@ -7,26 +7,21 @@ use common::*;
 #[test]
 fn detect_scores_the_cat_as_cat_not_car() {
     let out_png = scratch("cli-detect").join("annotated.png");
-    let output = spotter()
-        .args([
-            "detect",
-            &sample("chelsea.png").display().to_string(),
-            "--text",
-            "cat,car",
-            "--json",
-            "--device",
-            "cpu",
-            "--out",
-        ])
-        .arg(&out_png)
-        .output()
-        .unwrap();
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
+    let stdout = run_ok(
+        spotter()
+            .args([
+                "detect",
+                &sample("chelsea.png").display().to_string(),
+                "--text",
+                "cat,car",
+                "--json",
+                "--device",
+                "cpu",
+                "--out",
+            ])
+            .arg(&out_png),
     );
-    let lines: Vec<serde_json::Value> = String::from_utf8_lossy(&output.stdout)
+    let lines: Vec<serde_json::Value> = String::from_utf8_lossy(&stdout)
         .lines()
         .map(|l| serde_json::from_str(l).unwrap())
         .collect();

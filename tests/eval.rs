@@ -4,8 +4,6 @@
 
 mod common;
 
-use std::process::Stdio;
-
 use common::*;
 
 #[test]
@@ -16,38 +14,25 @@ fn eval_matches_the_python_reference_and_the_starter_baseline() {
     let images = set.join("images");
     let annotations = set.join("annotations.json");
     let index = root.join("index");
-    let status = spotter()
-        .env("RUST_LOG", "error")
-        .args(["index", "--quiet", "--device", "cpu", "--index"])
-        .arg(&index)
-        .arg(&images)
-        .stdout(Stdio::null())
-        .status()
-        .unwrap();
-    assert!(status.success());
-    let output = spotter()
-        .args([
-            "eval",
-            "--json",
-            "--device",
-            "cpu",
-            "--threshold",
-            "0.2",
-            "--annotations",
-        ])
-        .arg(&annotations)
-        .arg("--images")
-        .arg(&images)
-        .arg("--index")
-        .arg(&index)
-        .output()
-        .unwrap();
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    let ours: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    run_ok(&mut index_command(&images, &index));
+    let ours: serde_json::Value = serde_json::from_slice(&run_ok(
+        spotter()
+            .args([
+                "eval",
+                "--json",
+                "--device",
+                "cpu",
+                "--threshold",
+                "0.2",
+                "--annotations",
+            ])
+            .arg(&annotations)
+            .arg("--images")
+            .arg(&images)
+            .arg("--index")
+            .arg(&index),
+    ))
+    .unwrap();
 
     let reference_out = root.join("reference.json");
     run_python(

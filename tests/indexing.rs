@@ -200,24 +200,13 @@ fn an_index_refuses_another_model() {
     );
 }
 
-fn spotter_index(archive: &Path, index: &Path) -> std::process::Command {
-    let mut cmd = spotter();
-    cmd.env("RUST_LOG", "error")
-        .args([
-            "index", "--quiet", "--device", "cpu", "--batch", "2", "--index",
-        ])
-        .arg(index)
-        .arg(archive);
-    cmd
-}
-
 #[test]
 fn kill_9_at_any_moment_then_resume_equals_an_uninterrupted_run() {
     let root = scratch("kill9");
     let archive = root.join("archive");
     make_archive(&archive, 24);
     let reference = root.join("reference");
-    let status = spotter_index(&archive, &reference).status().unwrap();
+    let status = index_command(&archive, &reference).status().unwrap();
     assert!(status.success());
     let want = content(&reference);
     assert_eq!(want.len(), 24);
@@ -225,21 +214,13 @@ fn kill_9_at_any_moment_then_resume_equals_an_uninterrupted_run() {
     let mut interrupted_mid_run = 0;
     for (round, delay_ms) in [300u64, 900, 1600, 2600].into_iter().enumerate() {
         let dir = root.join(format!("killed-{round}"));
-        let mut child = spotter_index(&archive, &dir).spawn().unwrap();
+        let mut child = index_command(&archive, &dir).spawn().unwrap();
         std::thread::sleep(Duration::from_millis(delay_ms));
         let _ = child.kill(); // SIGKILL
         let _ = child.wait();
         // Resume: the same command, to completion.
-        let output = spotter_index(&archive, &dir)
-            .arg("--json")
-            .output()
-            .unwrap();
-        assert!(
-            output.status.success(),
-            "{}",
-            String::from_utf8_lossy(&output.stderr)
-        );
-        let report: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+        let report: serde_json::Value =
+            serde_json::from_slice(&run_ok(index_command(&archive, &dir).arg("--json"))).unwrap();
         let (unchanged, indexed) = (
             report["unchanged"].as_u64().unwrap(),
             report["indexed"].as_u64().unwrap(),

@@ -38,15 +38,7 @@ fn index_samples(dir: &Path) {
     ] {
         std::fs::copy(sample(name), archive.join(name)).unwrap();
     }
-    let status = spotter()
-        .env("RUST_LOG", "error")
-        .args(["index", "--quiet", "--device", "cpu", "--index"])
-        .arg(dir.join("index"))
-        .arg(&archive)
-        .stdout(Stdio::null())
-        .status()
-        .unwrap();
-    assert!(status.success());
+    run_ok(&mut index_command(&archive, &dir.join("index")));
 }
 
 fn start(dir: &Path, extra: &[&str]) -> Server {

@@ -98,3 +98,24 @@ pub fn floats(v: &serde_json::Value) -> Vec<f32> {
         .map(|x| x.as_f64().expect("number") as f32)
         .collect()
 }
+
+/// Runs a command, asserts it succeeded (showing its stderr otherwise) and returns its stdout.
+pub fn run_ok(cmd: &mut Command) -> Vec<u8> {
+    let output = cmd.output().expect("spawn");
+    assert!(
+        output.status.success(),
+        "{cmd:?} failed:\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    output.stdout
+}
+
+/// `spotter index --quiet --device cpu --index INDEX ARCHIVE`, logs off.
+pub fn index_command(archive: &Path, index: &Path) -> Command {
+    let mut cmd = spotter();
+    cmd.env("RUST_LOG", "error")
+        .args(["index", "--quiet", "--device", "cpu", "--index"])
+        .arg(index)
+        .arg(archive);
+    cmd
+}
