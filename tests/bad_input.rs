@@ -6,7 +6,6 @@ mod common;
 
 use std::collections::HashMap;
 use std::path::Path;
-use std::time::Duration;
 
 use common::*;
 use spotter_indexer::records::ImageStatus;
@@ -66,19 +65,12 @@ fn broken_files_are_reported_and_skipped_and_the_rest_is_indexed() {
     .unwrap();
     let index =
         Index::open_for_model(&root.join("index"), &package, &IndexSettings::default()).unwrap();
-    let request = IndexRequest {
-        roots: vec![corpus.clone()],
-        walk: spotter_indexer::walk::WalkOptions {
-            follow_symlinks: true,
-            ..Default::default()
-        },
-        batch: 4,
-        params: ProposalParams::from(&package.manifest.proposals),
-        limits: Default::default(),
-        retry_failed: false,
-        decode_threads: 2,
-        checkpoint_every: Duration::from_secs(300),
-    };
+    let mut request = IndexRequest::new(
+        vec![corpus.clone()],
+        ProposalParams::from(&package.manifest.proposals),
+    );
+    request.walk.follow_symlinks = true;
+    request.decode_threads = 2;
     let report = spotter_indexer::run(&index, &tower, &request, &DeleteAfterWalk(&doomed)).unwrap();
 
     assert_eq!(report.vanished, 1, "{report:?}");

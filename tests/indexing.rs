@@ -46,16 +46,12 @@ fn starter() -> (ModelPackage, ImageTower) {
 }
 
 fn request(package: &ModelPackage, roots: &[&Path]) -> IndexRequest {
-    IndexRequest {
-        roots: roots.iter().map(|p| p.to_path_buf()).collect(),
-        walk: Default::default(),
-        batch: 4,
-        params: ProposalParams::from(&package.manifest.proposals),
-        limits: Default::default(),
-        retry_failed: false,
-        decode_threads: 2,
-        checkpoint_every: Duration::from_secs(300),
-    }
+    let mut request = IndexRequest::new(
+        roots.iter().map(|p| p.to_path_buf()).collect(),
+        ProposalParams::from(&package.manifest.proposals),
+    );
+    request.decode_threads = 2;
+    request
 }
 
 fn index_once(

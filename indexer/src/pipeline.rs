@@ -46,6 +46,23 @@ pub struct IndexRequest {
     pub checkpoint_every: Duration,
 }
 
+impl IndexRequest {
+    /// A request for `roots` with `params` and the defaults: default walk, batch 4, default
+    /// decoder limits, no retry of failures, all cores decoding, a checkpoint every 5 minutes.
+    pub fn new(roots: Vec<PathBuf>, params: ProposalParams) -> Self {
+        IndexRequest {
+            roots,
+            walk: WalkOptions::default(),
+            batch: 4,
+            params,
+            limits: DecodeLimits::default(),
+            retry_failed: false,
+            decode_threads: 0,
+            checkpoint_every: Duration::from_secs(300),
+        }
+    }
+}
+
 /// A file that could not be indexed.
 #[derive(Debug, Clone, Serialize, PartialEq)]
 pub struct Failure {

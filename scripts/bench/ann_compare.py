@@ -312,12 +312,19 @@ def run_faiss_hnsw(base, queries, gt, args):
     results = []
     for ef in args.ef:
         index.hnsw.efSearch = ef
-        for k in args.k:
-            t = time.time()
-            _, got = index.search(queries, k)
-            qps = len(queries) / (time.time() - t)
-            results.append({"param": f"ef={ef}", "ef": ef, "k": k, "recall": recall(got, gt, k), "qps": qps})
+        results += faiss_sweep(index, queries, gt, args.k, "ef", ef)
     return {"build_s": build, "rss_delta_mib": delta, "index_mib": size, "results": results}
+
+
+def faiss_sweep(index, queries, gt, ks, name, value):
+    """Recall and single-thread queries/s of a FAISS index at its current setting, for each k."""
+    rows = []
+    for k in ks:
+        t = time.time()
+        _, got = index.search(queries, k)
+        qps = len(queries) / (time.time() - t)
+        rows.append({"param": f"{name}={value}", name: value, "k": k, "recall": recall(got, gt, k), "qps": qps})
+    return rows
 
 
 def run_faiss_ivf(base, queries, gt, args):
@@ -343,11 +350,7 @@ def run_faiss_ivf(base, queries, gt, args):
         if nprobe > nlist:
             continue
         index.nprobe = nprobe
-        for k in args.k:
-            t = time.time()
-            _, got = index.search(queries, k)
-            qps = len(queries) / (time.time() - t)
-            results.append({"param": f"nprobe={nprobe}", "nprobe": nprobe, "k": k, "recall": recall(got, gt, k), "qps": qps})
+        results += faiss_sweep(index, queries, gt, args.k, "nprobe", nprobe)
     return {"build_s": build, "rss_delta_mib": delta, "index_mib": size, "nlist": nlist, "results": results}
 
 

@@ -72,16 +72,11 @@ pub fn run(args: &ServeArgs) -> Result<()> {
 
     if !args.archives.is_empty() {
         let tower = ImageTower::load(&package, &model.runtime())?;
-        let request = IndexRequest {
-            roots: args.archives.clone(),
-            walk: Default::default(),
-            batch: tower.fixed_batch().unwrap_or(4),
-            params: ProposalParams::from(&package.manifest.proposals),
-            limits: Default::default(),
-            retry_failed: false,
-            decode_threads: 0,
-            checkpoint_every: Duration::from_secs(300),
-        };
+        let mut request = IndexRequest::new(
+            args.archives.clone(),
+            ProposalParams::from(&package.manifest.proposals),
+        );
+        request.batch = tower.fixed_batch().unwrap_or(request.batch);
         let every = Duration::from_secs(args.rescan_minutes * 60);
         std::thread::Builder::new()
             .name("spotter-indexer".into())
