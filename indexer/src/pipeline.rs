@@ -409,20 +409,25 @@ fn infer(
     output: Sender<Result<Written>>,
     model_time: &Mutex<Duration>,
 ) {
-    let mut pending: Vec<(WorkItem, [u8; 32], PreparedImage)> = Vec::with_capacity(batch);
-    let flush = |pending: &mut Vec<(WorkItem, [u8; 32], PreparedImage)>| -> bool {
-        if pending.is_empty() {
+    // The batch's files and their prepared tensors, side by side (the tensors go to the model
+    // as one slice, without copying them).
+    let mut pending: (Vec<(WorkItem, [u8; 32])>, Vec<PreparedImage>) =
+        (Vec::with_capacity(batch), Vec::with_capacity(batch));
+    let flush = |pending: &mut (Vec<(WorkItem, [u8; 32])>, Vec<PreparedImage>)| -> bool {
+        if pending.0.is_empty() {
             return true;
         }
-        let images: Vec<PreparedImage> = pending.iter().map(|(_, _, p)| p.clone()).collect();
         let t = Instant::now();
-        let result = tower.detect(&images, &request.params);
+        let result = tower.detect(&pending.1, &request.params);
         if let Ok(mut total) = model_time.lock() {
             *total += t.elapsed();
         }
         match result {
             Ok(all) => {
-                for ((item, hash, prepared), proposals) in pending.drain(..).zip(all) {
+                let images = std::mem::take(&mut pending.1);
+                for (((item, hash), prepared), proposals) in
+                    pending.0.drain(..).zip(images).zip(all)
+                {
                     let msg = Written::Model {
                         item,
                         hash,
@@ -437,7 +442,8 @@ fn infer(
                 true
             }
             Err(e) => {
-                pending.clear();
+                pending.0.clear();
+                pending.1.clear();
                 let _ = output.send(Err(e.into()));
                 false
             }
@@ -446,8 +452,9 @@ fn infer(
     loop {
         match input.recv_timeout(Duration::from_millis(100)) {
             Ok(Prepared::Model { item, hash, image }) => {
-                pending.push((item, hash, image));
-                if pending.len() >= batch && !flush(&mut pending) {
+                pending.0.push((item, hash));
+                pending.1.push(image);
+                if pending.0.len() >= batch && !flush(&mut pending) {
                     return;
                 }
             }
