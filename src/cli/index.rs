@@ -93,6 +93,7 @@ impl Progress for Bar {
             self.bar
                 .println(format!("skipped (unreadable): {}", path.display()));
         }
+        tracing::debug!(path = %path.display(), proposals, failed, "file committed");
         let secs = self.bar.elapsed().as_secs_f64().max(1e-3);
         self.bar.set_message(format!(
             "{total} objects ({:.1}/s), {failures} failed",
