@@ -28,7 +28,7 @@
 
 use std::time::Instant;
 
-use spotter_indexer::vectors::{HnswParams, HnswVectors, VectorIndex};
+use spotter_indexer::vectors::{HnswParams, HnswVectors, VectorEntry, VectorIndex};
 
 struct Rng(u64);
 impl Rng {
@@ -246,11 +246,12 @@ fn files_mode(args: &[String]) -> Result<(), Error> {
         },
     )?;
     let t = Instant::now();
-    let mut chunk: Vec<(u64, Vec<f32>)> = Vec::with_capacity(2048);
+    let mut chunk: Vec<VectorEntry> = Vec::with_capacity(2048);
     for start in (0..base.rows).step_by(2048) {
         chunk.clear();
         chunk.extend(
-            (start..(start + 2048).min(base.rows)).map(|i| (i as u64, base.row(i).to_vec())),
+            (start..(start + 2048).min(base.rows))
+                .map(|i| VectorEntry::bare(i as u64, base.row(i).to_vec())),
         );
         index.insert(&chunk)?;
     }
@@ -374,7 +375,11 @@ fn synthetic_mode(args: &[String]) -> Result<(), Error> {
         )?;
         let t = Instant::now();
         for chunk in items.chunks(2048) {
-            index.insert(chunk)?;
+            let entries: Vec<VectorEntry> = chunk
+                .iter()
+                .map(|(id, v)| VectorEntry::bare(*id, v.clone()))
+                .collect();
+            index.insert(&entries)?;
         }
         let build = t.elapsed().as_secs_f64();
         let queries: Vec<Vec<f32>> = (0..200)

@@ -11,7 +11,7 @@ use std::time::Instant;
 
 use spotter_indexer::records::{ProposalRecord, StoredVector};
 use spotter_indexer::store::Store;
-use spotter_indexer::{Index, VectorIndex};
+use spotter_indexer::Index;
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let args: Vec<String> = std::env::args().collect();

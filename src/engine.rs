@@ -6,8 +6,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use serde::Serialize;
-use spotter_indexer::records::{ImageRecord, ProposalRecord};
-use spotter_indexer::{Index, VectorIndex};
+use spotter_indexer::{HitRecord, Index};
 use spotter_model::scoring::dot;
 use spotter_model::{ModelPackage, RuntimeOptions, Scoring, TextTower};
 
@@ -35,13 +34,13 @@ pub struct Filters {
 }
 
 impl Filters {
-    fn accepts(&self, image: &ImageRecord) -> bool {
+    fn accepts(&self, hit: &HitRecord) -> bool {
         self.path_prefix
             .as_ref()
-            .is_none_or(|p| image.rel_path.starts_with(p.as_str()))
-            && self.root.is_none_or(|r| image.root == r)
-            && self.min_width.is_none_or(|w| image.width >= w)
-            && self.min_height.is_none_or(|h| image.height >= h)
+            .is_none_or(|p| hit.rel_path.starts_with(p.as_str()))
+            && self.root.is_none_or(|r| hit.root == r)
+            && self.min_width.is_none_or(|w| hit.width >= w)
+            && self.min_height.is_none_or(|h| hit.height >= h)
     }
 }
 
@@ -265,12 +264,10 @@ impl SearchEngine {
 
     /// "More like this": the proposal's own embedding direction is the query.
     pub fn similar(&self, proposal: u64, params: &SearchParams) -> Result<SearchResult> {
-        let record = self
+        let v = self
             .index
-            .store()
-            .proposal(proposal)?
+            .proposal_vector(proposal)?
             .ok_or_else(|| SpotterError::NotFound(format!("no proposal {proposal}")))?;
-        let v = record.vector.to_f32();
         let d = v.len() - 1;
         let norm = v[..d].iter().map(|x| x * x).sum::<f32>().sqrt().max(1e-12);
         let t: Vec<f32> = v[..d].iter().map(|x| x / norm).collect();
@@ -353,27 +350,12 @@ impl SearchEngine {
 
             let t = Instant::now();
             let mut hits = Vec::with_capacity(candidates.len());
-            let mut images: HashMap<u64, Option<ImageRecord>> = HashMap::new();
-            for id in candidates {
-                if Some(id) == exclude {
+            candidates.retain(|id| Some(*id) != exclude);
+            for record in self.index.hit_records(&candidates)? {
+                if !params.filters.accepts(&record) {
                     continue;
                 }
-                let Some(p) = self.index.store().proposal(id)? else {
-                    continue;
-                };
-                let image = match images.get(&p.image) {
-                    Some(r) => r.clone(),
-                    None => {
-                        let r = self.index.store().image(p.image)?;
-                        images.insert(p.image, r.clone());
-                        r
-                    }
-                };
-                let Some(image) = image else { continue };
-                if !params.filters.accepts(&image) {
-                    continue;
-                }
-                if let Some(hit) = self.score(positives, negatives, id, &p, &image, threshold) {
+                if let Some(hit) = self.score(positives, negatives, &record, threshold) {
                     hits.push(hit);
                 }
             }
@@ -401,11 +383,10 @@ impl SearchEngine {
         &self,
         positives: &[(String, f32, Arc<Vec<f32>>)],
         negatives: &[Arc<Vec<f32>>],
-        id: u64,
-        p: &ProposalRecord,
-        image: &ImageRecord,
+        record: &HitRecord,
         threshold: f32,
     ) -> Option<ObjectHit> {
+        let p = &record.proposal;
         let v = p.vector.to_f32();
         let (mut best, mut best_rank, mut best_concept) = (f32::MIN, f32::MIN, "");
         for (text, weight, q) in positives {
@@ -424,16 +405,16 @@ impl SearchEngine {
             return None;
         }
         Some(ObjectHit {
-            proposal: id,
+            proposal: record.id,
             image: p.image,
             score: best,
             concept: best_concept.to_string(),
             bbox: p.bbox,
             objectness: p.objectness,
-            root: image.root,
-            path: image.rel_path.clone(),
-            width: image.width,
-            height: image.height,
+            root: record.root,
+            path: record.rel_path.clone(),
+            width: record.width,
+            height: record.height,
             rank: best_rank,
         })
     }

@@ -9,7 +9,7 @@ use std::path::Path;
 use std::process::Stdio;
 
 use common::*;
-use spotter_indexer::{Index, IndexRequest, IndexSettings, NoProgress, RunReport, VectorIndex};
+use spotter_indexer::{Index, IndexRequest, IndexSettings, NoProgress, RunReport};
 use spotter_model::{Device, ImageTower, ModelPackage, ProposalParams, RuntimeOptions};
 
 const PHOTOS: [&str; 6] = [

@@ -5,24 +5,11 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::TcpStream;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 
+use common::http::*;
 use common::*;
-
-struct Server {
-    child: Child,
-    base: String,
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
 
 fn index_samples(dir: &Path) {
     let archive = dir.join("photos");
@@ -41,90 +28,11 @@ fn index_samples(dir: &Path) {
     run_ok(&mut index_command(&archive, &dir.join("index")));
 }
 
-fn start(dir: &Path, extra: &[&str]) -> Server {
-    let mut child = spotter()
-        .env("RUST_LOG", "error")
-        .args([
-            "serve",
-            "--device",
-            "cpu",
-            "--addr",
-            "127.0.0.1:0",
-            "--index",
-        ])
-        .arg(dir.join("index"))
-        .args(extra)
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    let base = line
-        .split_whitespace()
-        .find(|w| w.starts_with("http://"))
-        .unwrap_or_else(|| panic!("no address in {line:?}"))
-        .to_string();
-    Server { child, base }
-}
-
-/// A raw HTTP/1.1 GET (so that paths are sent exactly as written, `..` included).
-fn get(base: &str, path: &str, headers: &[(&str, &str)]) -> (u16, String, Vec<u8>) {
-    let host = base.trim_start_matches("http://").trim_end_matches('/');
-    let mut stream = TcpStream::connect(host).unwrap();
-    let mut request = format!("GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n");
-    for (k, v) in headers {
-        request.push_str(&format!("{k}: {v}\r\n"));
-    }
-    request.push_str("\r\n");
-    stream.write_all(request.as_bytes()).unwrap();
-    let mut raw = Vec::new();
-    stream.read_to_end(&mut raw).unwrap();
-    let split = raw
-        .windows(4)
-        .position(|w| w == b"\r\n\r\n")
-        .expect("response head");
-    let head = String::from_utf8_lossy(&raw[..split]).to_string();
-    let status: u16 = head.split_whitespace().nth(1).unwrap().parse().unwrap();
-    let mut body = raw[split + 4..].to_vec();
-    if head
-        .to_ascii_lowercase()
-        .contains("transfer-encoding: chunked")
-    {
-        body = dechunk(&body);
-    }
-    (status, head, body)
-}
-
-fn dechunk(mut data: &[u8]) -> Vec<u8> {
-    let mut out = Vec::new();
-    while let Some(eol) = data.windows(2).position(|w| w == b"\r\n") {
-        let size =
-            usize::from_str_radix(String::from_utf8_lossy(&data[..eol]).trim(), 16).unwrap_or(0);
-        if size == 0 {
-            break;
-        }
-        out.extend_from_slice(&data[eol + 2..eol + 2 + size]);
-        data = &data[eol + 2 + size + 2..];
-    }
-    out
-}
-
-fn json(base: &str, path: &str) -> (u16, serde_json::Value) {
-    let (status, _, body) = get(base, path, &[]);
-    (
-        status,
-        serde_json::from_slice(&body)
-            .unwrap_or_else(|_| panic!("{path}: not JSON: {}", String::from_utf8_lossy(&body))),
-    )
-}
-
 #[test]
 fn api_answers_queries_and_explains_every_bad_request() {
     let dir = scratch("server-api");
     index_samples(&dir);
-    let server = start(&dir, &[]);
+    let server = start(&dir.join("index"), &[]);
     let base = &server.base;
 
     let (status, health) = json(base, "/api/health");
@@ -261,7 +169,7 @@ fn api_answers_queries_and_explains_every_bad_request() {
 fn a_token_guards_every_route() {
     let dir = scratch("server-token");
     index_samples(&dir);
-    let server = start(&dir, &["--token", "s3cret"]);
+    let server = start(&dir.join("index"), &["--token", "s3cret"]);
     for path in ["/", "/api/health", "/api/search?q=cat", "/api/images/1"] {
         let (status, _, _) = get(&server.base, path, &[]);
         assert_eq!(status, 401, "{path}");
@@ -292,7 +200,7 @@ fn a_token_guards_every_route() {
 fn the_page_finds_the_cat_in_a_real_browser() {
     let dir = scratch("server-browser");
     index_samples(&dir);
-    let server = start(&dir, &[]);
+    let server = start(&dir.join("index"), &[]);
     let script = repo_root().join("web/tests/search.mjs");
     assert!(
         repo_root()
@@ -337,7 +245,10 @@ fn serve_can_index_an_archive_in_the_background_while_answering() {
     for name in ["chelsea.png", "coffee.png", "motorcycle_left.png"] {
         std::fs::copy(sample(name), archive.join(name)).unwrap();
     }
-    let server = start(&dir, &["--archive", &archive.display().to_string()]);
+    let server = start(
+        &dir.join("index"),
+        &["--archive", &archive.display().to_string()],
+    );
     // The server answers at once (empty index), then the background pass fills it.
     let (status, _) = json(&server.base, "/api/health");
     assert_eq!(status, 200);

@@ -4,17 +4,23 @@
 //! - [`pipeline`]: one indexing run (decode, model, write), incremental and crash-safe;
 //! - [`store`]: the sled database, the source of truth;
 //! - [`vectors`]: the vector index interface and its embedded HNSW implementation;
+//! - [`backend`]: which vector engine an index uses (embedded or Milvus) and `--shard I/N`;
+//! - `milvus` (cargo feature `milvus`): the vector index on a Milvus collection;
 //! - [`index`]: an open index (store + vectors, reconciled at open), stats, compaction.
 
+pub mod backend;
 pub mod error;
 pub mod index;
+#[cfg(feature = "milvus")]
+pub mod milvus;
 pub mod pipeline;
 pub mod records;
 pub mod store;
 pub mod vectors;
 pub mod walk;
 
+pub use backend::{BackendConfig, Shard, VectorBackend};
 pub use error::{IndexError, Result};
-pub use index::{Index, IndexSettings, IndexStats};
+pub use index::{HitRecord, ImageInfo, Index, IndexSettings, IndexStats};
 pub use pipeline::{run, IndexRequest, NoProgress, Progress, RunReport};
-pub use vectors::{HnswParams, VectorIndex};
+pub use vectors::{HnswParams, VectorEntry, VectorIndex};

@@ -22,7 +22,7 @@ use crate::index::Index;
 use crate::records::{
     proposal_id, ImageRecord, ImageStatus, ProposalRecord, StoredVector, PROPOSAL_BITS,
 };
-use crate::vectors::VectorIndex;
+use crate::vectors::VectorEntry;
 use crate::walk::{walk, FoundFile, WalkOptions};
 
 /// What to index and how.
@@ -208,6 +208,13 @@ pub fn run(
                 path: p.path,
                 reason: p.reason,
             }));
+        let files: Vec<_> = match index.backend().shard {
+            Some(shard) => files
+                .into_iter()
+                .filter(|f| shard.owns(&f.rel_path))
+                .collect(),
+            None => files,
+        };
         report.files_found += files.len();
         let mut seen = std::collections::HashSet::with_capacity(files.len());
         for file in files {
@@ -485,7 +492,7 @@ fn write_all(
 ) -> Result<()> {
     let store = index.store();
     let half = index.meta().half_precision;
-    let mut vectors: Vec<(u64, Vec<f32>)> = Vec::new();
+    let mut vectors: Vec<VectorEntry> = Vec::new();
     let mut last_checkpoint = Instant::now();
     let record_of = |item: &WorkItem,
                      hash: [u8; 32],
@@ -505,12 +512,12 @@ fn write_all(
     };
     let retire = |previous: &Option<(u64, ImageRecord)>| retire_vectors(index, previous);
     // A new record for `item` (replacing its previous one), its proposals, and their vectors queued.
-    let write_new = |vectors: &mut Vec<(u64, Vec<f32>)>,
+    let write_new = |vectors: &mut Vec<VectorEntry>,
                      item: &WorkItem,
                      record: &ImageRecord,
                      records: &[ProposalRecord]|
      -> Result<u64> {
-        let id = store.new_image_id()?;
+        let id = index.new_image_id()?;
         let records: Vec<ProposalRecord> = records
             .iter()
             .map(|p| ProposalRecord {
@@ -526,7 +533,7 @@ fn write_all(
         )?;
         retire_vectors(index, &item.previous)?;
         for (rank, r) in records.iter().enumerate() {
-            vectors.push((proposal_id(id, rank as u32), r.vector.to_f32()));
+            vectors.push(index.vector_entry(proposal_id(id, rank as u32), id, record, r)?);
         }
         Ok(id)
     };
@@ -578,6 +585,7 @@ fn write_all(
                     retire(&item.previous)?;
                 }
                 store.move_image(id, &old, &record)?;
+                index.image_moved(id, &record)?;
                 report.moved += 1;
                 (item.file.path, 0, false)
             }

@@ -31,10 +31,65 @@ pub struct Neighbour {
     pub logit: f32,
 }
 
+/// What a remote engine keeps beside each vector, so that any machine can show the hit without
+/// the indexing machine's database.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct HitPayload {
+    /// Image id.
+    pub image: u64,
+    /// Archive root folder, as the indexing machine saw it.
+    pub root: String,
+    /// Path relative to the root, with `/` separators.
+    pub path: String,
+    /// Displayed image width.
+    pub width: u32,
+    /// Displayed image height.
+    pub height: u32,
+    /// `x1, y1, x2, y2` in displayed pixels.
+    pub bbox: [f32; 4],
+    /// Objectness probability.
+    pub objectness: f32,
+    /// Scoring level.
+    pub level: u32,
+}
+
+/// One vector to store.
+#[derive(Debug, Clone, PartialEq)]
+pub struct VectorEntry {
+    /// Proposal id.
+    pub id: u64,
+    /// The stored vector (`[scale_l · e ; bias_l]`).
+    pub vector: Vec<f32>,
+    /// The hit's payload, for engines whose [`VectorIndex::keeps_payload`] is true.
+    pub payload: Option<HitPayload>,
+}
+
+impl VectorEntry {
+    /// An entry without payload (for embedded engines).
+    pub fn bare(id: u64, vector: Vec<f32>) -> Self {
+        VectorEntry {
+            id,
+            vector,
+            payload: None,
+        }
+    }
+}
+
+/// A stored vector with its payload, read back from a remote engine.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RemoteHit {
+    /// Proposal id.
+    pub id: u64,
+    /// The stored vector.
+    pub vector: Vec<f32>,
+    /// Its payload.
+    pub payload: HitPayload,
+}
+
 /// What Spotter needs from a vector index.
 pub trait VectorIndex: Send + Sync {
-    /// Adds vectors (ids already present are ignored, so replays are harmless).
-    fn insert(&self, items: &[(u64, Vec<f32>)]) -> Result<()>;
+    /// Adds vectors (ids already present are ignored or replaced, so replays are harmless).
+    fn insert(&self, items: &[VectorEntry]) -> Result<()>;
     /// Marks ids as deleted; they are never returned again.
     fn remove(&self, ids: &[u64]) -> Result<()>;
     /// The `k` live vectors of largest inner product with `query`, best first; `ef` is the
@@ -49,11 +104,31 @@ pub trait VectorIndex: Send + Sync {
     /// Deleted vectors still taking space (embedded engines that cannot delete).
     fn tombstones(&self) -> usize;
     /// Every id the index holds, live or deleted (for reconciliation with the store).
-    fn ids(&self) -> HashSet<u64>;
+    fn ids(&self) -> Result<HashSet<u64>>;
     /// Makes the current state durable.
     fn persist(&self) -> Result<()>;
+    /// Drops deleted vectors for good (engines that keep tombstones).
+    fn compact(&self) -> Result<()> {
+        Ok(())
+    }
     /// Human-readable description of the engine and its parameters.
     fn describe(&self) -> String;
+    /// True for engines shared between machines, which keep a [`HitPayload`] per vector.
+    fn keeps_payload(&self) -> bool {
+        false
+    }
+    /// Replaces the payloads of stored ids (a moved file); engines without payloads ignore it.
+    fn update_payloads(&self, _items: &[VectorEntry]) -> Result<()> {
+        Ok(())
+    }
+    /// Vectors and payloads of `ids` (those found), from engines that keep payloads.
+    fn fetch(&self, _ids: &[u64]) -> Result<Vec<RemoteHit>> {
+        Ok(Vec::new())
+    }
+    /// The payload of any one proposal of `image`, from engines that keep payloads.
+    fn image_payload(&self, _image: u64) -> Result<Option<HitPayload>> {
+        Ok(None)
+    }
 }
 
 /// L2 distance between unit directions, ignoring the last component (which holds the norm).
@@ -286,7 +361,7 @@ impl HnswVectors {
     }
 
     /// Drops deleted vectors by rebuilding the graphs (what `spotter compact` runs).
-    pub fn compact(&self) -> Result<()> {
+    fn rebuild_without_deleted(&self) -> Result<()> {
         let mut state = self.write_lock()?;
         let deleted = std::mem::take(&mut state.deleted);
         for group in &mut state.groups {
@@ -316,11 +391,12 @@ impl HnswVectors {
 }
 
 impl VectorIndex for HnswVectors {
-    fn insert(&self, items: &[(u64, Vec<f32>)]) -> Result<()> {
+    fn insert(&self, items: &[VectorEntry]) -> Result<()> {
         let mut state = self.write_lock()?;
-        let fresh: Vec<&(u64, Vec<f32>)> = items
+        let fresh: Vec<(u64, &Vec<f32>)> = items
             .iter()
-            .filter(|(id, _)| !state.ids.contains(id))
+            .filter(|e| !state.ids.contains(&e.id))
+            .map(|e| (e.id, &e.vector))
             .collect();
         if fresh.is_empty() {
             return Ok(());
@@ -333,12 +409,12 @@ impl VectorIndex for HnswVectors {
             )));
         }
         let mut by_group: HashMap<GroupKey, Vec<NewPoint>> = HashMap::new();
-        for (id, v) in &fresh {
+        for &(id, v) in &fresh {
             let (point, n, bias) = split(v);
             by_group
                 .entry((bias.to_bits(), band_of(n)))
                 .or_default()
-                .push((point, *id as usize, n));
+                .push((point, id as usize, n));
         }
         for ((bias_bits, band), points) in by_group {
             let bias = f32::from_bits(bias_bits);
@@ -373,7 +449,7 @@ impl VectorIndex for HnswVectors {
             group.graph.set_searching_mode(true);
         }
         for (id, _) in fresh {
-            state.ids.insert(*id);
+            state.ids.insert(id);
         }
         Ok(())
     }
@@ -482,8 +558,12 @@ impl VectorIndex for HnswVectors {
         self.read_lock().map(|s| s.deleted.len()).unwrap_or(0)
     }
 
-    fn ids(&self) -> HashSet<u64> {
-        self.read_lock().map(|s| s.ids.clone()).unwrap_or_default()
+    fn ids(&self) -> Result<HashSet<u64>> {
+        Ok(self.read_lock()?.ids.clone())
+    }
+
+    fn compact(&self) -> Result<()> {
+        self.rebuild_without_deleted()
     }
 
     fn persist(&self) -> Result<()> {
@@ -547,6 +627,13 @@ mod tests {
         ((*seed >> 33) as f32 / (1u64 << 31) as f32) - 0.5
     }
 
+    fn entries(items: &[(u64, Vec<f32>)]) -> Vec<VectorEntry> {
+        items
+            .iter()
+            .map(|(id, v)| VectorEntry::bare(*id, v.clone()))
+            .collect()
+    }
+
     fn exact_top(items: &[(u64, Vec<f32>)], q: &[f32], k: usize) -> Vec<u64> {
         let mut scored: Vec<(f32, u64)> = items
             .iter()
@@ -574,9 +661,9 @@ mod tests {
             })
             .collect();
         let index = HnswVectors::open(&dir, dim, HnswParams::default()).unwrap();
-        index.insert(&items[..500]).unwrap();
-        index.insert(&items[500..]).unwrap(); // larger norms land in new norm bands
-        index.insert(&items[..10]).unwrap(); // replays are ignored
+        index.insert(&entries(&items[..500])).unwrap();
+        index.insert(&entries(&items[500..])).unwrap(); // larger norms land in new norm bands
+        index.insert(&entries(&items[..10])).unwrap(); // replays are ignored
         assert_eq!(index.len(), 2000);
         let queries: Vec<Vec<f32>> = (0..20)
             .map(|_| (0..dim).map(|_| rng(&mut seed)).collect())
@@ -636,7 +723,7 @@ mod tests {
             })
             .collect();
         let index = HnswVectors::open(&dir, d + 1, HnswParams::default()).unwrap();
-        index.insert(&items).unwrap();
+        index.insert(&entries(&items)).unwrap();
         let mut hits = 0;
         for _ in 0..20 {
             let mut q: Vec<f32> = (0..d).map(|_| rng(&mut seed)).collect();

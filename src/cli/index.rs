@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
-use spotter_indexer::{HnswParams, Index, IndexRequest, IndexSettings, Progress, VectorIndex};
+use spotter_indexer::{HnswParams, Index, IndexRequest, IndexSettings, Progress};
 use spotter_model::{DecodeLimits, ImageTower};
 
 use super::{ModelArgs, ProposalArgs};
@@ -15,12 +15,22 @@ use crate::error::{Result, SpotterError};
 /// Arguments of `spotter index`.
 #[derive(Debug, Args)]
 pub struct IndexArgs {
-    /// Archive folders to index (several roots can share one index).
-    #[arg(required = true, value_name = "ARCHIVE")]
+    /// Archive folders to index (several roots can share one index). None with --vectors:
+    /// make DIR a search-only folder of that shared collection (for a query server).
+    #[arg(value_name = "ARCHIVE", required_unless_present = "vectors")]
     pub archives: Vec<PathBuf>,
     /// Index folder (created if missing).
     #[arg(long, value_name = "DIR")]
     pub index: PathBuf,
+    /// Where vectors live: `embedded` (default, in DIR) or a Milvus collection shared by
+    /// several machines, `milvus://HOST[:PORT]/COLLECTION[?index=hnsw&m=16&ef_construction=200]`
+    /// (needs a build with `--features milvus`). Only when creating the index.
+    #[arg(long, value_name = "URL")]
+    pub vectors: Option<spotter_indexer::VectorBackend>,
+    /// With a shared collection: index only shard I of N of the archive (a file's shard depends
+    /// on its path), so N machines index one archive in parallel; each needs its own DIR.
+    #[arg(long, value_name = "I/N")]
+    pub shard: Option<spotter_indexer::Shard>,
     /// Images per inference batch.
     #[arg(long, default_value_t = 4)]
     pub batch: usize,
@@ -109,12 +119,32 @@ impl Progress for Bar {
 /// Runs `spotter index`.
 pub fn run(args: &IndexArgs) -> Result<()> {
     let package = args.model.package()?;
+    if args.archives.is_empty() {
+        let vectors = args.vectors.clone().unwrap_or_default();
+        if args.shard.is_some() {
+            return Err(SpotterError::Usage(
+                "--shard needs ARCHIVE folders to index".into(),
+            ));
+        }
+        let index = Index::attach(&args.index, &package, &vectors)?;
+        println!(
+            "{} searches {} ({} vectors); serve it with: spotter serve --index {}",
+            args.index.display(),
+            index.backend().vectors,
+            index.vectors().len(),
+            args.index.display()
+        );
+        return Ok(());
+    }
     let settings = IndexSettings {
         half_precision: args.f16,
         hnsw: HnswParams {
             m: args.hnsw_m.max(2),
             ef_construction: args.hnsw_ef_construction.max(8),
         },
+        vectors: args.vectors.clone(),
+        shard: args.shard,
+        search_only: false,
     };
     let index = Index::open_for_model(&args.index, &package, &settings)?;
     let tower = ImageTower::load(&package, &args.model.runtime())?;
@@ -229,6 +259,10 @@ pub fn stats(args: &StatsArgs) -> Result<()> {
             if stats.half_precision { "f16" } else { "f32" }
         );
         println!("engine      {}", stats.vector_engine);
+        println!("backend     {}", stats.backend);
+        if let Some(shard) = &stats.shard {
+            println!("shard       {shard} (of the archive, by path)");
+        }
         println!(
             "disk        {:.1} MiB",
             stats.disk_bytes as f64 / (1024.0 * 1024.0)

@@ -71,9 +71,8 @@ pub fn run(args: &SearchArgs) -> Result<()> {
     };
     let result = engine.search(&query, &params)?;
     for hit in &result.hits {
-        let record = index.store().image(hit.image)?;
-        let path = match &record {
-            Some(r) => index.image_path(r)?,
+        let path = match index.image_info(hit.image)? {
+            Some(info) => info.path,
             None => PathBuf::from(&hit.path),
         };
         let b = hit.bbox;

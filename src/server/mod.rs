@@ -303,12 +303,11 @@ async fn original(
     let id = parse_id(&id)?;
     let engine = state.engine.clone();
     let (bytes, kind) = blocking(move || {
-        let index = engine.index();
-        let record = index
-            .store()
-            .image(id)?
-            .ok_or_else(|| SpotterError::NotFound(format!("no image {id}")))?;
-        let path = index.image_path(&record)?;
+        let path = engine
+            .index()
+            .image_info(id)?
+            .ok_or_else(|| SpotterError::NotFound(format!("no image {id}")))?
+            .path;
         let bytes = std::fs::read(&path)
             .map_err(|_| SpotterError::NotFound(format!("image {id} is no longer on disk")))?;
         Ok((bytes, content_type(&path)))

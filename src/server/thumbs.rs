@@ -30,11 +30,10 @@ impl ThumbCache {
         if let Some(hit) = self.cache.get(&id) {
             return Ok(hit);
         }
-        let record = index
-            .store()
-            .image(id)?
-            .ok_or_else(|| SpotterError::NotFound(format!("no image {id}")))?;
-        let path = index.image_path(&record)?;
+        let path = index
+            .image_info(id)?
+            .ok_or_else(|| SpotterError::NotFound(format!("no image {id}")))?
+            .path;
         let image = decode_file(&path, DecodeLimits::default())
             .map_err(|e| SpotterError::NotFound(format!("image {id} cannot be shown: {e}")))?;
         let thumb = image::DynamicImage::ImageRgb8(image).resize(

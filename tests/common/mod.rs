@@ -3,6 +3,8 @@
 //! silent skip.
 #![allow(dead_code)]
 
+pub mod http;
+
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
