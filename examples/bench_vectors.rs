@@ -18,8 +18,12 @@
 //! ```sh
 //! bench_vectors --vectors V.npy --queries Q.npy --ground-truth GT.npy \
 //!     --m 16 --ef-construction 200 --ef 16,32,64,128,256 --k 10,100 \
-//!     [--max-seconds 30] [--json]
+//!     [--max-seconds 30] [--json] [--engine milvus://HOST:PORT/COLLECTION]
 //! ```
+//!
+//! `--engine milvus://…` (build with `--features milvus`) measures a Milvus collection instead
+//! (created, filled with upserts, flushed, indexed; queries are gRPC round trips, as Spotter
+//! makes them); its memory is the server's, not this process's.
 //!
 //! Vectors are inserted in chunks of 2048 (as the indexer does; hnsw_rs inserts a chunk on all
 //! cores). Queries run one at a time on one thread. `--max-seconds` caps the time of one (ef, k)
@@ -190,6 +194,7 @@ fn files_mode(args: &[String]) -> Result<(), Error> {
     let mut ks = vec![10usize, 100];
     let mut json = false;
     let mut max_seconds = f64::INFINITY;
+    let mut engine = "spotter-hnsw".to_string();
     let mut it = args.iter();
     while let Some(a) = it.next() {
         let mut value = || {
@@ -207,6 +212,7 @@ fn files_mode(args: &[String]) -> Result<(), Error> {
             "--k" => ks = list(&value()?)?,
             "--max-seconds" => max_seconds = value()?.parse()?,
             "--json" => json = true,
+            "--engine" => engine = value()?,
             other => return Err(format!("unknown argument {other}").into()),
         }
     }
@@ -237,35 +243,41 @@ fn files_mode(args: &[String]) -> Result<(), Error> {
     let dir = std::env::temp_dir().join(format!("spotter-bench-vectors-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     let rss_before_kib = proc_status_kib("VmRSS:");
-    let index = HnswVectors::open(
-        &dir,
-        base.cols,
-        HnswParams {
-            m,
-            ef_construction: ef_c,
-        },
-    )?;
+    let params = HnswParams {
+        m,
+        ef_construction: ef_c,
+    };
+    let index: Box<dyn VectorIndex> = if engine == "spotter-hnsw" {
+        Box::new(HnswVectors::open(&dir, base.cols, params)?)
+    } else {
+        open_remote(&engine, base.cols, params)?
+    };
     let t = Instant::now();
     let mut chunk: Vec<VectorEntry> = Vec::with_capacity(2048);
     for start in (0..base.rows).step_by(2048) {
         chunk.clear();
-        chunk.extend(
-            (start..(start + 2048).min(base.rows))
-                .map(|i| VectorEntry::bare(i as u64, base.row(i).to_vec())),
-        );
+        chunk.extend((start..(start + 2048).min(base.rows)).map(|i| {
+            let mut entry = VectorEntry::bare(i as u64, base.row(i).to_vec());
+            if index.keeps_payload() {
+                entry.payload = Some(bench_payload(i));
+            }
+            entry
+        }));
         index.insert(&chunk)?;
     }
     drop(chunk);
+    index.persist()?;
+    index.wait_until_indexed(std::time::Duration::from_secs(3600))?;
     let build_s = t.elapsed().as_secs_f64();
+    let groups = group_count(index.as_ref());
     let rss_after_kib = proc_status_kib("VmRSS:");
     let peak_kib = proc_status_kib("VmHWM:");
     let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
     log(format!(
-        "spotter-hnsw: {} vectors of {} floats, M={m}, ef_construction={ef_c}: build {build_s:.1} s ({:.0} vectors/s, {threads} threads), {} group(s), peak RSS {:.0} MiB (+{:.0} MiB over the build)",
+        "{engine}: {} vectors of {} floats, M={m}, ef_construction={ef_c}: build {build_s:.1} s ({:.0} vectors/s, {threads} threads), {groups} group(s), peak RSS {:.0} MiB (+{:.0} MiB over the build)",
         base.rows,
         base.cols,
         base.rows as f64 / build_s,
-        index.groups(),
         peak_kib as f64 / 1024.0,
         (rss_after_kib as f64 - rss_before_kib as f64) / 1024.0
     ));
@@ -299,13 +311,13 @@ fn files_mode(args: &[String]) -> Result<(), Error> {
     let _ = std::fs::remove_dir_all(&dir);
     if json {
         let out = serde_json::json!({
-            "engine": "spotter-hnsw",
+            "engine": engine,
             "describe": index.describe(),
             "n": base.rows,
             "dim": base.cols,
             "m": m,
             "ef_construction": ef_c,
-            "groups": index.groups(),
+            "groups": groups,
             "build_s": build_s,
             "build_threads": threads,
             "peak_rss_mib": peak_kib as f64 / 1024.0,
@@ -316,6 +328,69 @@ fn files_mode(args: &[String]) -> Result<(), Error> {
         println!("{out}");
     }
     Ok(())
+}
+
+/// Graphs of the embedded engine (0 for others).
+fn group_count(index: &dyn VectorIndex) -> usize {
+    index
+        .describe()
+        .split(", ")
+        .find_map(|part| {
+            part.strip_suffix(" cosine graph(s) by bias and norm band")
+                .and_then(|n| n.parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+/// A payload of realistic size for engines that keep one.
+fn bench_payload(i: usize) -> spotter_indexer::vectors::HitPayload {
+    spotter_indexer::vectors::HitPayload {
+        image: (i / 20) as u64,
+        root: "/srv/archive/photos".into(),
+        path: format!("2024/album-{:03}/IMG_{:06}.jpg", i / 5000, i / 20),
+        width: 4032,
+        height: 3024,
+        bbox: [10.0, 20.0, 300.0, 400.0],
+        objectness: 0.5,
+        level: 0,
+    }
+}
+
+#[cfg(feature = "milvus")]
+fn open_remote(
+    engine: &str,
+    dim: usize,
+    params: HnswParams,
+) -> Result<Box<dyn VectorIndex>, Error> {
+    use spotter_indexer::backend::{MilvusIndex, VectorBackend};
+    let VectorBackend::Milvus(mut config) = engine.parse::<VectorBackend>()? else {
+        return Err(format!("--engine {engine}: expected a milvus:// URL").into());
+    };
+    if let MilvusIndex::Hnsw { .. } = config.index {
+        config.index = MilvusIndex::Hnsw {
+            m: params.m,
+            ef_construction: params.ef_construction,
+        };
+    }
+    let identity = spotter_indexer::milvus::CollectionIdentity {
+        model: "bench".into(),
+        manifest_hash: format!("bench-{dim}"),
+        dim,
+    };
+    Ok(Box::new(spotter_indexer::milvus::MilvusVectors::open(
+        &config,
+        &identity,
+        0..u64::MAX >> 1,
+    )?))
+}
+
+#[cfg(not(feature = "milvus"))]
+fn open_remote(
+    engine: &str,
+    _dim: usize,
+    _params: HnswParams,
+) -> Result<Box<dyn VectorIndex>, Error> {
+    Err(format!("--engine {engine}: build this example with --features milvus").into())
 }
 
 // ---------------------------------------------------------------------------------------------

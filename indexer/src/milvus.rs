@@ -490,6 +490,34 @@ impl VectorIndex for MilvusVectors {
         Ok(out)
     }
 
+    fn wait_until_indexed(&self, timeout: Duration) -> Result<()> {
+        let started = Instant::now();
+        loop {
+            let infos = self
+                .block(
+                    self.client
+                        .describe_index(self.config.collection.as_str(), "vector"),
+                )
+                .map_err(|e| self.err("describe_index", e))?;
+            if infos
+                .iter()
+                .all(|i| i.state() == milvus::proto::common::IndexState::Finished)
+            {
+                return Ok(());
+            }
+            if started.elapsed() > timeout {
+                return Err(self.err(
+                    "describe_index",
+                    format!(
+                        "the vector index is not built after {} s",
+                        timeout.as_secs()
+                    ),
+                ));
+            }
+            std::thread::sleep(Duration::from_millis(500));
+        }
+    }
+
     fn image_payload(&self, image: u64) -> Result<Option<HitPayload>> {
         let columns = self.query(&format!("image == {image}"), &["hit"], 1)?;
         match strings(&columns, "hit")?.first() {

@@ -121,6 +121,11 @@ pub trait VectorIndex: Send + Sync {
     fn update_payloads(&self, _items: &[VectorEntry]) -> Result<()> {
         Ok(())
     }
+    /// Waits until background index builds are done (engines that build them after a
+    /// `persist`); searches before that are correct but may be slow.
+    fn wait_until_indexed(&self, _timeout: std::time::Duration) -> Result<()> {
+        Ok(())
+    }
     /// Vectors and payloads of `ids` (those found), from engines that keep payloads.
     fn fetch(&self, _ids: &[u64]) -> Result<Vec<RemoteHit>> {
         Ok(Vec::new())
