@@ -38,6 +38,27 @@ install() {
     fi
 }
 
+launch() {
+    local extra=()
+    for component in rootCoord proxy queryCoord queryNode indexNode dataCoord dataNode; do
+        extra+=(--extra-config "$component.ip=127.0.0.1")
+    done
+    # setsid: its own process group, so `stop` takes down the wrapper and the server together.
+    setsid "$VENV/bin/milvus-server" --data "$HOME_DIR/data" --proxy-port "$PORT" "${extra[@]}" \
+        >"$LOG" 2>&1 </dev/null &
+    echo $! >"$PID_FILE"
+    for _ in $(seq 1 60); do
+        if healthy; then
+            return 0
+        fi
+        if ! kill -0 "$(cat "$PID_FILE")" 2>/dev/null || grep -q "started timeout" "$LOG"; then
+            return 1
+        fi
+        sleep 1
+    done
+    return 1
+}
+
 start() {
     if healthy; then
         echo "[milvus] already running: milvus://127.0.0.1:$PORT"
@@ -45,28 +66,20 @@ start() {
     fi
     install
     mkdir -p "$HOME_DIR/data"
-    local extra=()
-    for component in rootCoord proxy queryCoord queryNode indexNode dataCoord dataNode; do
-        extra+=(--extra-config "$component.ip=127.0.0.1")
-    done
-    echo "[milvus] starting (log: $LOG)"
-    # setsid: its own process group, so `stop` takes down the wrapper and the server together.
-    setsid "$VENV/bin/milvus-server" --data "$HOME_DIR/data" --proxy-port "$PORT" "${extra[@]}" \
-        >"$LOG" 2>&1 </dev/null &
-    echo $! >"$PID_FILE"
-    for _ in $(seq 1 120); do
-        if healthy; then
+    # The standalone server sometimes panics while its components find each other (a race in
+    # its start-up); a second attempt starts cleanly.
+    for attempt in 1 2 3; do
+        echo "[milvus] starting (attempt $attempt; log: $LOG)"
+        if launch; then
             echo "[milvus] ready: milvus://127.0.0.1:$PORT"
             return 0
         fi
-        if ! kill -0 "$(cat "$PID_FILE")" 2>/dev/null; then
-            echo "[milvus] the server exited during start-up; last lines of $LOG:" >&2
-            tail -20 "$LOG" >&2
-            return 1
-        fi
-        sleep 1
+        echo "[milvus] start-up failed; last lines of $LOG:" >&2
+        tail -5 "$LOG" >&2
+        stop >/dev/null
+        sleep 2
     done
-    echo "[milvus] not healthy after 120 s; see $LOG" >&2
+    echo "[milvus] could not start after 3 attempts; see $HOME_DIR/data/logs/" >&2
     return 1
 }
 

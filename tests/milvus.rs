@@ -218,10 +218,13 @@ fn shards_index_one_archive_into_one_collection_idempotently() {
             &["--vectors", &url, "--shard", &format!("{i}/3")],
         )
     };
-    let mut found = 0;
-    for i in 0..3 {
-        found += run_shard(i)["files_found"].as_u64().unwrap();
-    }
+    // The three machines start at the same moment (they race to create the collection).
+    let found: u64 = std::thread::scope(|scope| {
+        let runs: Vec<_> = (0..3).map(|i| scope.spawn(move || run_shard(i))).collect();
+        runs.into_iter()
+            .map(|run| run.join().unwrap()["files_found"].as_u64().unwrap())
+            .sum()
+    });
     assert_eq!(found, 8, "the shards split the archive exactly");
     let server = root.join("server");
     run_ok(
@@ -278,11 +281,19 @@ fn the_server_answers_from_a_search_only_folder() {
     };
     let root = scratch("milvus-serve");
     let archive = archive(&root);
-    index(
-        &archive,
-        &root.join("indexer"),
-        &["--vectors", &url, "--shard", "0/1"],
-    );
+    // Two indexing processes fill one collection at the same time.
+    std::thread::scope(|scope| {
+        for i in 0..2 {
+            let (archive, root, url) = (&archive, &root, &url);
+            scope.spawn(move || {
+                index(
+                    archive,
+                    &root.join(format!("indexer-{i}")),
+                    &["--vectors", url, "--shard", &format!("{i}/2")],
+                )
+            });
+        }
+    });
     let folder = root.join("server");
     run_ok(
         spotter()
@@ -290,7 +301,41 @@ fn the_server_answers_from_a_search_only_folder() {
             .args(["index", "--vectors", &url, "--index"])
             .arg(&folder),
     );
+    let embedded = root.join("embedded");
+    index(&archive, &embedded, &[]);
     let server = start(&folder, &[]);
+    // The server's top hits are the embedded index's.
+    for query in ["person", "motorcycle"] {
+        let (status, result) = json(
+            &server.base,
+            &format!("/api/search?q={query}&threshold=0.01&k=10"),
+        );
+        assert_eq!(status, 200, "{result}");
+        let served: Vec<(String, String)> = result["hits"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|h| {
+                (
+                    format!("{:.4}", h["score"].as_f64().unwrap()),
+                    archive
+                        .join(h["path"].as_str().unwrap())
+                        .display()
+                        .to_string(),
+                )
+            })
+            .collect();
+        let want: Vec<(String, String)> = hits(&embedded, query, &[])
+            .into_iter()
+            .take(10)
+            .map(|(score, path, _)| (score, path))
+            .collect();
+        let mut served_sorted = served.clone();
+        served_sorted.sort_by(|a, b| b.0.cmp(&a.0).then(a.1.cmp(&b.1)));
+        let mut want_sorted = want.clone();
+        want_sorted.sort_by(|a, b| b.0.cmp(&a.0).then(a.1.cmp(&b.1)));
+        assert_eq!(served_sorted, want_sorted, "{query}");
+    }
     let (status, result) = json(&server.base, "/api/search?q=cat");
     assert_eq!(status, 200, "{result}");
     let top = &result["hits"][0];

@@ -126,72 +126,114 @@ impl MilvusVectors {
         self.runtime.block_on(future)
     }
 
-    /// Creates the collection and its index if needed, checks its identity, loads it.
+    /// Creates the collection and its index if needed, checks its identity, loads it. Several
+    /// machines may start at once: the one that loses the race to create uses the winner's.
     fn prepare(&self, identity: &CollectionIdentity) -> Result<()> {
-        let name = &self.config.collection;
+        let name = self.config.collection.as_str();
         let exists = self
-            .block(self.client.has_collection(name.as_str()))
+            .block(self.client.has_collection(name))
             .map_err(|e| self.err("has_collection", e))?;
-        if exists {
-            let described = self
-                .block(self.client.describe_collection(name.as_str()))
-                .map_err(|e| self.err("describe_collection", e))?;
-            let found: Option<CollectionIdentity> =
-                serde_json::from_str(&described.schema.description).ok();
-            match found {
-                Some(found) if found == *identity => {}
-                Some(found) => {
-                    return Err(IndexError::Incompatible(format!(
-                        "Milvus collection '{name}' holds vectors of model '{}' (manifest {}, {} values), not '{}' (manifest {}, {} values): use another collection",
-                        found.model,
-                        &found.manifest_hash[..12.min(found.manifest_hash.len())],
-                        found.dim,
-                        identity.model,
-                        &identity.manifest_hash[..12.min(identity.manifest_hash.len())],
-                        identity.dim
-                    )))
-                }
-                None => {
-                    return Err(IndexError::Incompatible(format!(
-                        "Milvus collection '{name}' was not made by Spotter: use another collection name"
-                    )))
-                }
-            }
-        } else {
+        let mut created = false;
+        if !exists {
             tracing::info!(collection = %name, "creating the Milvus collection");
-            self.block(self.client.create_collection(
+            let attempt = self.block(self.client.create_collection(
                 self.schema.clone(),
                 Some(CreateCollectionOptions::with_consistency_level(
                     ConsistencyLevel::Strong,
                 )),
-            ))
-            .map_err(|e| self.err("create_collection", e))?;
-            let (kind, params) = match self.config.index {
-                MilvusIndex::Hnsw { m, ef_construction } => (
-                    IndexType::HNSW,
-                    vec![
-                        ("M".to_string(), m.to_string()),
-                        ("efConstruction".to_string(), ef_construction.to_string()),
-                    ],
-                ),
-                MilvusIndex::IvfFlat { nlist } => (
-                    IndexType::IvfFlat,
-                    vec![("nlist".to_string(), nlist.to_string())],
-                ),
-                MilvusIndex::Flat => (IndexType::Flat, Vec::new()),
-            };
-            let index = IndexParams::new(
-                "vector_index".to_string(),
-                kind,
-                MetricType::IP,
-                params.into_iter().collect(),
-            );
-            self.block(self.client.create_index(name.as_str(), "vector", index))
-                .map_err(|e| self.err("create_index", e))?;
+            ));
+            match attempt {
+                Ok(()) => created = true,
+                Err(e) => {
+                    let now = self
+                        .block(self.client.has_collection(name))
+                        .map_err(|e| self.err("has_collection", e))?;
+                    if !now {
+                        return Err(self.err("create_collection", e));
+                    }
+                }
+            }
         }
-        self.block(self.client.load_collection(name.as_str(), None))
+        if !created {
+            self.check_identity(identity)?;
+        }
+        // Another machine may be creating the index right now: wait for it a little, then make
+        // it ourselves (its creator may have died between the two steps).
+        let mut waited = Duration::ZERO;
+        while !created && !self.has_vector_index() && waited < Duration::from_secs(30) {
+            std::thread::sleep(Duration::from_millis(500));
+            waited += Duration::from_millis(500);
+        }
+        if !self.has_vector_index() {
+            if let Err(e) = self.create_vector_index() {
+                if !self.has_vector_index() {
+                    return Err(e);
+                }
+            }
+        }
+        self.block(self.client.load_collection(name, None))
             .map_err(|e| self.err("load_collection", e))?;
         Ok(())
+    }
+
+    fn check_identity(&self, identity: &CollectionIdentity) -> Result<()> {
+        let name = &self.config.collection;
+        let described = self
+            .block(self.client.describe_collection(name.as_str()))
+            .map_err(|e| self.err("describe_collection", e))?;
+        let found: Option<CollectionIdentity> =
+            serde_json::from_str(&described.schema.description).ok();
+        match found {
+            Some(found) if found == *identity => Ok(()),
+            Some(found) => Err(IndexError::Incompatible(format!(
+                "Milvus collection '{name}' holds vectors of model '{}' (manifest {}, {} values), not '{}' (manifest {}, {} values): use another collection",
+                found.model,
+                &found.manifest_hash[..12.min(found.manifest_hash.len())],
+                found.dim,
+                identity.model,
+                &identity.manifest_hash[..12.min(identity.manifest_hash.len())],
+                identity.dim
+            ))),
+            None => Err(IndexError::Incompatible(format!(
+                "Milvus collection '{name}' was not made by Spotter: use another collection name"
+            ))),
+        }
+    }
+
+    fn has_vector_index(&self) -> bool {
+        self.block(
+            self.client
+                .describe_index(self.config.collection.as_str(), "vector"),
+        )
+        .is_ok_and(|infos| !infos.is_empty())
+    }
+
+    fn create_vector_index(&self) -> Result<()> {
+        let (kind, params) = match self.config.index {
+            MilvusIndex::Hnsw { m, ef_construction } => (
+                IndexType::HNSW,
+                vec![
+                    ("M".to_string(), m.to_string()),
+                    ("efConstruction".to_string(), ef_construction.to_string()),
+                ],
+            ),
+            MilvusIndex::IvfFlat { nlist } => (
+                IndexType::IvfFlat,
+                vec![("nlist".to_string(), nlist.to_string())],
+            ),
+            MilvusIndex::Flat => (IndexType::Flat, Vec::new()),
+        };
+        let index = IndexParams::new(
+            "vector_index".to_string(),
+            kind,
+            MetricType::IP,
+            params.into_iter().collect(),
+        );
+        self.block(
+            self.client
+                .create_index(self.config.collection.as_str(), "vector", index),
+        )
+        .map_err(|e| self.err("create_index", e))
     }
 
     fn columns(&self, items: &[VectorEntry]) -> Result<Vec<FieldColumn>> {

@@ -9,7 +9,11 @@ single-thread queries/s at several search breadths.
 
 Engines: exact scan (FAISS IndexFlatIP), Spotter's embedded HNSW (examples/bench_vectors.rs,
 hnsw_rs graphs per level and norm band + exact re-ranking), hnswlib (space='ip'), FAISS
-IndexHNSWFlat (METRIC_INNER_PRODUCT) and FAISS IndexIVFFlat (inner product, nlist ~ sqrt(N)).
+IndexHNSWFlat (METRIC_INNER_PRODUCT) and FAISS IndexIVFFlat (inner product, nlist ~ sqrt(N)),
+and (only when asked: --engines ...,milvus) Spotter's Milvus engine: a collection on the Milvus
+server at $SPOTTER_BENCH_MILVUS (default 127.0.0.1:19530; `scripts/milvus.sh start`) with HNSW
+on inner product, measured through the same example (build it with --features milvus); its
+queries are gRPC round trips and its memory is the server's (not measured here).
 
 Datasets (see docs/ann-comparison.md for the assumptions):
   starter    384-d ConSE top-3 mixtures of 80 class directions, [12 * e ; -9] (constant norm)
@@ -46,6 +50,8 @@ OUT = ROOT / ".cache" / "bench" / "ann"
 SPOTTER_BIN = ROOT / "target" / "release" / "examples" / "bench_vectors"
 ALL_DATASETS = ["starter", "wedetect", "random", "clustered"]
 ALL_ENGINES = ["exact", "spotter", "hnswlib", "faiss-hnsw", "faiss-ivf"]
+# Reported when present; run only when named in --engines (needs a Milvus server).
+REPORTED_ENGINES = ALL_ENGINES + ["milvus"]
 
 
 def ensure_venv() -> None:
@@ -271,6 +277,28 @@ def run_spotter(files, args):
     return out
 
 
+def run_milvus(files, name, n, args):
+    """Spotter's Milvus engine through bench_vectors --engine milvus://… (a fresh collection)."""
+    address = os.environ.get("SPOTTER_BENCH_MILVUS", "127.0.0.1:19530")
+    collection = f"bench_{name}_{n}_{int(time.time())}"
+    cmd = [
+        str(SPOTTER_BIN), "--vectors", str(files["base"]), "--queries", str(files["queries"]),
+        "--ground-truth", str(files["gt"]), "--m", str(args.m), "--ef-construction", str(args.ef_construction),
+        "--ef", ",".join(map(str, args.ef)), "--k", ",".join(map(str, args.k)),
+        "--max-seconds", str(args.max_seconds), "--json", "--engine", f"milvus://{address}/{collection}",
+    ]
+    log("  " + " ".join(cmd))
+    proc = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=None, text=True, check=True)
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    out["command"] = " ".join(cmd)
+    out["memory_note"] = "server-side, not measured"
+    out.pop("peak_rss_mib", None)
+    out.pop("rss_delta_mib", None)
+    for r in out["results"]:
+        r["param"] = f"ef={r['ef']}"
+    return out
+
+
 def run_hnswlib(base, queries, gt, args):
     import hnswlib
 
@@ -428,6 +456,8 @@ def run_dataset(name: str, n: int, args) -> None:
                 res = run_faiss_hnsw(base, queries, gt, args)
             elif engine == "faiss-ivf":
                 res = run_faiss_ivf(base, queries, gt, args)
+            elif engine == "milvus":
+                res = run_milvus(files, name, n, args)
             else:
                 raise SystemExit(f"unknown engine {engine}")
         except Exception as e:  # keep the other engines' numbers
@@ -471,7 +501,7 @@ def report() -> str:
             lines.append("")
         lines.append("| engine | build s | memory MiB (RSS Δ / index) | notes |")
         lines.append("|---|---:|---:|---|")
-        for name in ALL_ENGINES:
+        for name in REPORTED_ENGINES:
             e = eng.get(name)
             if e is None:
                 continue
@@ -486,12 +516,15 @@ def report() -> str:
                 note = f"{e['groups']} group(s); peak RSS {e['peak_rss_mib']:.0f} MiB incl. {e['input_mib']:.0f} MiB input"
             if name == "faiss-ivf":
                 note = f"nlist={e['nlist']}"
-            mem = f"{e['rss_delta_mib']:.0f}" + (f" / {size:.0f}" if size else "")
+            if name == "milvus":
+                note = "build = upserts + flush + index build on the server; queries over gRPC; memory is the server's"
+            mem = f"{e['rss_delta_mib']:.0f}" if "rss_delta_mib" in e else "—"
+            mem += f" / {size:.0f}" if size else ""
             lines.append(f"| {name} | {e['build_s']:.1f} | {mem} | {note} |")
         lines.append("")
         lines.append("| engine | setting | recall@10 | q/s @10 | recall@100 | q/s @100 | × exact @100 |")
         lines.append("|---|---|---:|---:|---:|---:|---:|")
-        for name in ALL_ENGINES:
+        for name in REPORTED_ENGINES:
             e = eng.get(name, {})
             rows = {}
             for r in e.get("results", []):

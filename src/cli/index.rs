@@ -249,10 +249,17 @@ pub fn stats(args: &StatsArgs) -> Result<()> {
             stats.images, stats.indexed, stats.failed
         );
         println!("proposals   {}", stats.proposals);
-        println!(
-            "vectors     {} live, {} deleted (spotter compact drops them)",
-            stats.vectors, stats.tombstones
-        );
+        if stats.backend == "embedded" {
+            println!(
+                "vectors     {} live, {} deleted (spotter compact drops them)",
+                stats.vectors, stats.tombstones
+            );
+        } else {
+            println!(
+                "vectors     {} in the shared collection (every shard's)",
+                stats.vectors
+            );
+        }
         println!(
             "vector      {} floats, stored as {}",
             stats.vector_dim,
