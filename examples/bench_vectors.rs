@@ -267,6 +267,7 @@ fn files_mode(args: &[String]) -> Result<(), Error> {
     }
     drop(chunk);
     index.persist()?;
+    let insert_s = t.elapsed().as_secs_f64();
     index.wait_until_indexed(std::time::Duration::from_secs(3600))?;
     let build_s = t.elapsed().as_secs_f64();
     let groups = group_count(index.as_ref());
@@ -274,7 +275,7 @@ fn files_mode(args: &[String]) -> Result<(), Error> {
     let peak_kib = proc_status_kib("VmHWM:");
     let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
     log(format!(
-        "{engine}: {} vectors of {} floats, M={m}, ef_construction={ef_c}: build {build_s:.1} s ({:.0} vectors/s, {threads} threads), {groups} group(s), peak RSS {:.0} MiB (+{:.0} MiB over the build)",
+        "{engine}: {} vectors of {} floats, M={m}, ef_construction={ef_c}: build {build_s:.1} s (inserts and save {insert_s:.1} s; {:.0} vectors/s, {threads} threads), {groups} group(s), peak RSS {:.0} MiB (+{:.0} MiB over the build)",
         base.rows,
         base.cols,
         base.rows as f64 / build_s,
@@ -319,6 +320,7 @@ fn files_mode(args: &[String]) -> Result<(), Error> {
             "ef_construction": ef_c,
             "groups": groups,
             "build_s": build_s,
+            "insert_s": insert_s,
             "build_threads": threads,
             "peak_rss_mib": peak_kib as f64 / 1024.0,
             "rss_delta_mib": (rss_after_kib as f64 - rss_before_kib as f64) / 1024.0,

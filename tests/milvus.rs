@@ -20,8 +20,9 @@ fn collection(name: &str) -> Option<String> {
                 .duration_since(std::time::UNIX_EPOCH)
                 .map(|d| d.subsec_nanos())
                 .unwrap_or(0);
+            // Strong: each step must see the previous process's writes at once.
             Some(format!(
-                "milvus://{address}/t_{name}_{}_{nanos}",
+                "milvus://{address}/t_{name}_{}_{nanos}?consistency=strong",
                 std::process::id()
             ))
         }
@@ -165,7 +166,18 @@ fn milvus_returns_the_embedded_hits_in_the_same_order() {
         );
     }
     let s = stats(&milvus);
-    assert!(s["backend"].as_str().unwrap().starts_with(&url), "{s}");
+    let (collection_url, _) = url.split_once('?').unwrap();
+    assert!(
+        s["backend"].as_str().unwrap().starts_with(collection_url),
+        "{s}"
+    );
+    assert!(
+        s["backend"]
+            .as_str()
+            .unwrap()
+            .ends_with("consistency=strong"),
+        "{s}"
+    );
     assert_eq!(s["shard"], "0/1");
     assert_eq!(s["vectors"], s["proposals"]);
     assert!(

@@ -41,6 +41,31 @@ pub struct MilvusConfig {
     pub collection: String,
     /// Vector index built on the collection.
     pub index: MilvusIndex,
+    /// How fresh searches must be.
+    #[serde(default)]
+    pub consistency: Consistency,
+}
+
+/// Milvus's consistency level for searches: how recent a write a search is guaranteed to see.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub enum Consistency {
+    /// Every acknowledged write (each search waits for the next time tick, ~200 ms).
+    Strong,
+    /// Writes older than Milvus's graceful time (5 s by default): the fast default.
+    #[default]
+    Bounded,
+    /// Whatever the query nodes hold now.
+    Eventually,
+}
+
+impl Consistency {
+    fn name(self) -> &'static str {
+        match self {
+            Consistency::Strong => "strong",
+            Consistency::Bounded => "bounded",
+            Consistency::Eventually => "eventually",
+        }
+    }
 }
 
 /// The Milvus vector index type (always on the inner-product metric: the model's logit).
@@ -77,17 +102,21 @@ impl fmt::Display for VectorBackend {
                 write!(f, "milvus://{}:{}/{}", c.host, c.port, c.collection)?;
                 match c.index {
                     MilvusIndex::Hnsw { m, ef_construction } => {
-                        write!(f, "?index=hnsw&m={m}&ef_construction={ef_construction}")
+                        write!(f, "?index=hnsw&m={m}&ef_construction={ef_construction}")?
                     }
-                    MilvusIndex::IvfFlat { nlist } => write!(f, "?index=ivf_flat&nlist={nlist}"),
-                    MilvusIndex::Flat => write!(f, "?index=flat"),
+                    MilvusIndex::IvfFlat { nlist } => write!(f, "?index=ivf_flat&nlist={nlist}")?,
+                    MilvusIndex::Flat => write!(f, "?index=flat")?,
                 }
+                if c.consistency != Consistency::default() {
+                    write!(f, "&consistency={}", c.consistency.name())?;
+                }
+                Ok(())
             }
         }
     }
 }
 
-const BACKEND_HELP: &str = "expected `embedded` or `milvus://HOST[:PORT]/COLLECTION[?index=hnsw&m=16&ef_construction=200 | ?index=ivf_flat&nlist=1024 | ?index=flat]`";
+const BACKEND_HELP: &str = "expected `embedded` or `milvus://HOST[:PORT]/COLLECTION[?index=hnsw&m=16&ef_construction=200 | ?index=ivf_flat&nlist=1024 | ?index=flat][&consistency=bounded|strong|eventually]`";
 
 impl FromStr for VectorBackend {
     type Err = IndexError;
@@ -156,11 +185,27 @@ impl FromStr for VectorBackend {
             Some("flat") => MilvusIndex::Flat,
             Some(other) => return Err(bad(&format!("unknown index type '{other}'"))),
         };
+        let consistency = match params
+            .get("consistency")
+            .map(|s| s.to_ascii_lowercase())
+            .as_deref()
+        {
+            None | Some("bounded") => Consistency::Bounded,
+            Some("strong") => Consistency::Strong,
+            Some("eventually") => Consistency::Eventually,
+            Some(other) => return Err(bad(&format!("unknown consistency '{other}'"))),
+        };
+        if let Some(key) = params.keys().find(|k| {
+            !["index", "m", "ef_construction", "nlist", "consistency"].contains(&k.as_str())
+        }) {
+            return Err(bad(&format!("unknown parameter '{key}'")));
+        }
         Ok(VectorBackend::Milvus(MilvusConfig {
             host: host.to_string(),
             port,
             collection: collection.to_string(),
             index,
+            consistency,
         }))
     }
 }
@@ -283,6 +328,8 @@ mod tests {
             "milvus://h:x/a",
             "milvus://h/a?index=lsh",
             "milvus://h/a?m=0",
+            "milvus://h/a?consistency=weak",
+            "milvus://h/a?nlists=3",
             "qdrant://h/a",
         ] {
             let err = bad.parse::<VectorBackend>().unwrap_err().to_string();

@@ -5,8 +5,9 @@
 //! (FLOAT_VECTOR, the stored vector `[scale_l · e ; bias_l]`) and `hit` (VARCHAR: the
 //! [`HitPayload`] as JSON, so a server shows a hit without the indexer's database). The vector
 //! index is built on the inner-product metric, so Milvus's score is the model's logit `<q, v>`.
-//! Writes are upserts (a replayed batch replaces, never duplicates); the collection is created
-//! with Strong consistency, so a search sees every acknowledged write.
+//! Writes are upserts (a replayed batch replaces, never duplicates). Searches use the
+//! configured consistency (Bounded by default: writes of the last few seconds may not be seen
+//! yet); reconciliation reads with Strong consistency, so it always sees this machine's writes.
 //! The SDK is async; this engine owns a small Tokio runtime and blocks on it.
 
 use std::collections::HashSet;
@@ -24,7 +25,7 @@ use milvus::query::{QueryOptions, SearchOptions};
 use milvus::schema::{CollectionSchema, CollectionSchemaBuilder, FieldSchema};
 use milvus::value::{Value, ValueVec};
 
-use crate::backend::{MilvusConfig, MilvusIndex};
+use crate::backend::{Consistency, MilvusConfig, MilvusIndex};
 use crate::error::{IndexError, Result};
 use crate::vectors::{HitPayload, Neighbour, RemoteHit, VectorEntry, VectorIndex};
 
@@ -139,7 +140,7 @@ impl MilvusVectors {
             let attempt = self.block(self.client.create_collection(
                 self.schema.clone(),
                 Some(CreateCollectionOptions::with_consistency_level(
-                    ConsistencyLevel::Strong,
+                    ConsistencyLevel::Bounded,
                 )),
             ));
             match attempt {
@@ -300,8 +301,25 @@ impl MilvusVectors {
         }
     }
 
-    fn query(&self, expr: &str, fields: &[&str], limit: usize) -> Result<Vec<FieldColumn>> {
+    /// The configured consistency level, as the SDK takes it.
+    fn level(&self) -> i32 {
+        let level = match self.config.consistency {
+            Consistency::Strong => ConsistencyLevel::Strong,
+            Consistency::Bounded => ConsistencyLevel::Bounded,
+            Consistency::Eventually => ConsistencyLevel::Eventually,
+        };
+        level as i32
+    }
+
+    fn query(
+        &self,
+        expr: &str,
+        fields: &[&str],
+        limit: usize,
+        level: i32,
+    ) -> Result<Vec<FieldColumn>> {
         let options = QueryOptions::new()
+            .consistency_level(level)
             .limit(limit as i64)
             .output_fields(fields.iter().map(|f| f.to_string()).collect());
         self.block(
@@ -314,7 +332,7 @@ impl MilvusVectors {
     /// Ids in `[start, end)`, splitting the range until each part answers under the limit.
     fn ids_in(&self, range: Range<u64>, out: &mut HashSet<u64>) -> Result<()> {
         let expr = format!("id >= {} and id < {}", range.start, range.end);
-        let columns = self.query(&expr, &["id"], MAX_TOPK)?;
+        let columns = self.query(&expr, &["id"], MAX_TOPK, ConsistencyLevel::Strong as i32)?;
         let ids = longs(&columns, "id")?;
         if ids.len() < MAX_TOPK || range.end - range.start <= MAX_TOPK as u64 {
             out.extend(ids.into_iter().map(|i| i as u64));
@@ -416,6 +434,7 @@ impl VectorIndex for MilvusVectors {
             MilvusIndex::Flat => "{}".to_string(),
         };
         let options = SearchOptions::new()
+            .consistency_level(self.level())
             .limit(k)
             .add_param("anns_field", "vector")
             .add_param("metric_type", "IP")
@@ -450,7 +469,12 @@ impl VectorIndex for MilvusVectors {
                 }
             }
         }
-        match self.block(self.client.count(self.config.collection.as_str())) {
+        let options = QueryOptions::new().consistency_level(self.level());
+        match self.block(self.client.count_with_expr(
+            self.config.collection.as_str(),
+            "id >= 0",
+            &options,
+        )) {
             Ok(n) => {
                 let n = n.max(0) as usize;
                 if let Ok(mut count) = self.count.lock() {
@@ -490,8 +514,8 @@ impl VectorIndex for MilvusVectors {
             MilvusIndex::Flat => "FLAT".to_string(),
         };
         format!(
-            "Milvus collection '{}' at {}:{} ({index}, inner product)",
-            self.config.collection, self.config.host, self.config.port
+            "Milvus collection '{}' at {}:{} ({index}, inner product, {:?} consistency)",
+            self.config.collection, self.config.host, self.config.port, self.config.consistency
         )
     }
 
@@ -508,7 +532,7 @@ impl VectorIndex for MilvusVectors {
         for chunk in ids.chunks(BATCH) {
             let list: Vec<String> = chunk.iter().map(|i| i.to_string()).collect();
             let expr = format!("id in [{}]", list.join(","));
-            let columns = self.query(&expr, &["id", "vector", "hit"], chunk.len())?;
+            let columns = self.query(&expr, &["id", "vector", "hit"], chunk.len(), self.level())?;
             let found = longs(&columns, "id")?;
             let hits = strings(&columns, "hit")?;
             let ValueVec::Float(vectors) = &column(&columns, "vector")?.value else {
@@ -533,8 +557,13 @@ impl VectorIndex for MilvusVectors {
     }
 
     fn wait_until_indexed(&self, timeout: Duration) -> Result<()> {
+        // Flushed segments reach the index builder a moment after `flush` returns, and the
+        // index state says nothing about segments it has not seen yet: give them that moment,
+        // then ask for several consecutive "finished" answers.
+        std::thread::sleep(Duration::from_secs(3));
         let started = Instant::now();
-        loop {
+        let mut finished_in_a_row = 0;
+        while finished_in_a_row < 3 {
             let infos = self
                 .block(
                     self.client
@@ -545,7 +574,9 @@ impl VectorIndex for MilvusVectors {
                 .iter()
                 .all(|i| i.state() == milvus::proto::common::IndexState::Finished)
             {
-                return Ok(());
+                finished_in_a_row += 1;
+            } else {
+                finished_in_a_row = 0;
             }
             if started.elapsed() > timeout {
                 return Err(self.err(
@@ -556,12 +587,13 @@ impl VectorIndex for MilvusVectors {
                     ),
                 ));
             }
-            std::thread::sleep(Duration::from_millis(500));
+            std::thread::sleep(Duration::from_secs(1));
         }
+        Ok(())
     }
 
     fn image_payload(&self, image: u64) -> Result<Option<HitPayload>> {
-        let columns = self.query(&format!("image == {image}"), &["hit"], 1)?;
+        let columns = self.query(&format!("image == {image}"), &["hit"], 1, self.level())?;
         match strings(&columns, "hit")?.first() {
             Some(json) => Ok(Some(parse_payload(json)?)),
             None => Ok(None),
