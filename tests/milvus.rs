@@ -134,6 +134,16 @@ fn assert_same_hits(want: &Path, got: &Path, context: &str) {
     }
 }
 
+/// `spotter index --vectors URL --index DIR` without an archive: a query server's folder.
+fn search_only_folder(url: &str, dir: &Path) {
+    run_ok(
+        spotter()
+            .env("RUST_LOG", "error")
+            .args(["index", "--vectors", url, "--index"])
+            .arg(dir),
+    );
+}
+
 fn stats(dir: &Path) -> serde_json::Value {
     serde_json::from_slice(&run_ok(
         spotter()
@@ -239,12 +249,7 @@ fn shards_index_one_archive_into_one_collection_idempotently() {
     });
     assert_eq!(found, 8, "the shards split the archive exactly");
     let server = root.join("server");
-    run_ok(
-        spotter()
-            .env("RUST_LOG", "error")
-            .args(["index", "--vectors", &url, "--index"])
-            .arg(&server),
-    );
+    search_only_folder(&url, &server);
     let embedded = root.join("embedded");
     index(&archive, &embedded, &[]);
     assert_same_hits(&embedded, &server, "three shards");
@@ -307,12 +312,7 @@ fn the_server_answers_from_a_search_only_folder() {
         }
     });
     let folder = root.join("server");
-    run_ok(
-        spotter()
-            .env("RUST_LOG", "error")
-            .args(["index", "--vectors", &url, "--index"])
-            .arg(&folder),
-    );
+    search_only_folder(&url, &folder);
     let embedded = root.join("embedded");
     index(&archive, &embedded, &[]);
     let server = start(&folder, &[]);

@@ -335,14 +335,7 @@ impl Index {
                     let Some(p) = self.store.proposal(id)? else {
                         continue;
                     };
-                    let image = match images.get(&p.image) {
-                        Some(image) => image.clone(),
-                        None => {
-                            let image = self.store.image(p.image)?;
-                            images.insert(p.image, image.clone());
-                            image
-                        }
-                    };
+                    let image = self.image_cached(&mut images, p.image)?;
                     if let Some(image) = image {
                         items.push(self.vector_entry(id, p.image, &image, &p)?);
                     }
@@ -476,14 +469,7 @@ impl Index {
             let Some(p) = self.store.proposal(id)? else {
                 continue;
             };
-            let image = match images.get(&p.image) {
-                Some(r) => r.clone(),
-                None => {
-                    let r = self.store.image(p.image)?;
-                    images.insert(p.image, r.clone());
-                    r
-                }
-            };
+            let image = self.image_cached(&mut images, p.image)?;
             let Some(image) = image else { continue };
             out.push(HitRecord {
                 id,
@@ -495,6 +481,20 @@ impl Index {
             });
         }
         Ok(out)
+    }
+
+    /// An image record through a per-call cache (proposals of one image come together).
+    fn image_cached(
+        &self,
+        cache: &mut HashMap<u64, Option<ImageRecord>>,
+        id: u64,
+    ) -> Result<Option<ImageRecord>> {
+        if let Some(record) = cache.get(&id) {
+            return Ok(record.clone());
+        }
+        let record = self.store.image(id)?;
+        cache.insert(id, record.clone());
+        Ok(record)
     }
 
     /// The stored vector of proposal `id`, if it exists.
