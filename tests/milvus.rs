@@ -391,6 +391,31 @@ fn failure(args: &[&str], dir: &Path) -> String {
 }
 
 #[test]
+fn multi_level_vectors_spread_over_partitions_and_match_the_embedded_engine() {
+    // The synthetic WeDetect-Uni package: three scoring levels and varied norms, so the
+    // vectors land in several partitions (one per level and norm band).
+    let Some(url) = collection("levels") else {
+        return;
+    };
+    let root = scratch("milvus-levels");
+    let archive = archive(&root);
+    let model = ["--model", "wedetect-synthetic"];
+    let (embedded, milvus) = (root.join("embedded"), root.join("milvus"));
+    index(&archive, &embedded, &model);
+    index(
+        &archive,
+        &milvus,
+        &[&model[..], &["--vectors", url.as_str()]].concat(),
+    );
+    for query in ["cat", "person, car"] {
+        let (a, b) = (hits(&embedded, query, &[]), hits(&milvus, query, &[]));
+        assert!(!a.is_empty(), "no hits for {query}");
+        assert_eq!(a, b, "{query}");
+    }
+    assert_eq!(stats(&milvus)["vectors"], stats(&embedded)["proposals"]);
+}
+
+#[test]
 fn mistakes_get_clear_errors() {
     let root = scratch("milvus-errors");
     let archive = archive(&root);

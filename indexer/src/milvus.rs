@@ -5,12 +5,19 @@
 //! (FLOAT_VECTOR, the stored vector `[scale_l · e ; bias_l]`) and `hit` (VARCHAR: the
 //! [`HitPayload`] as JSON, so a server shows a hit without the indexer's database). The vector
 //! index is built on the inner-product metric, so Milvus's score is the model's logit `<q, v>`.
+//!
+//! Vectors go to one partition per scoring level (bias) and norm band (a factor √2), the
+//! embedded engine's groups: Milvus builds one graph per segment and a segment holds one
+//! partition, so every graph sees vectors of one bias and nearly one norm, where inner product
+//! is a good neighbourhood. One graph over all levels and norms loses most true neighbours
+//! (WeDetect-shaped vectors: recall@100 0.03, docs/ann-comparison.md). A search covers every
+//! partition and Milvus merges them by score, which is the logit, so no re-ranking is needed.
 //! Writes are upserts (a replayed batch replaces, never duplicates). Searches use the
 //! configured consistency (Bounded by default: writes of the last few seconds may not be seen
 //! yet); reconciliation reads with Strong consistency, so it always sees this machine's writes.
 //! The SDK is async; this engine owns a small Tokio runtime and blocks on it.
 
-use std::collections::HashSet;
+use std::collections::{BTreeMap, HashSet};
 use std::ops::Range;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
@@ -27,7 +34,7 @@ use milvus::value::{Value, ValueVec};
 
 use crate::backend::{Consistency, MilvusConfig, MilvusIndex};
 use crate::error::{IndexError, Result};
-use crate::vectors::{HitPayload, Neighbour, RemoteHit, VectorEntry, VectorIndex};
+use crate::vectors::{band_of, HitPayload, Neighbour, RemoteHit, VectorEntry, VectorIndex};
 
 /// Milvus's largest `topk` / `limit` (and `offset + limit` for queries).
 pub const MAX_TOPK: usize = 16384;
@@ -61,6 +68,17 @@ pub struct MilvusVectors {
     /// Proposal ids `ids()` reports (this machine's shard).
     scope: Range<u64>,
     count: Mutex<Option<(Instant, usize)>>,
+    /// Partitions known to exist.
+    partitions: Mutex<HashSet<String>>,
+}
+
+/// The partition of a stored vector: its bias (scoring level) and norm band.
+fn partition_of(vector: &[f32]) -> String {
+    let d = vector.len().saturating_sub(1);
+    let norm = vector[..d].iter().map(|x| x * x).sum::<f32>().sqrt();
+    let bias = vector.get(d).copied().unwrap_or(0.0);
+    // Partition names are letters, digits and underscores: bias bits in hex, band offset to ≥ 0.
+    format!("b{:08x}_n{}", bias.to_bits(), band_of(norm) + 1000)
 }
 
 fn milvus_error(config: &MilvusConfig, what: &str, e: impl std::fmt::Display) -> IndexError {
@@ -114,6 +132,7 @@ impl MilvusVectors {
             dim: identity.dim,
             scope,
             count: Mutex::new(None),
+            partitions: Mutex::new(HashSet::new()),
         };
         engine.prepare(identity)?;
         Ok(engine)
@@ -282,16 +301,62 @@ impl MilvusVectors {
     }
 
     fn upsert(&self, items: &[VectorEntry]) -> Result<()> {
-        for chunk in items.chunks(BATCH) {
-            let columns = self.columns(chunk)?;
-            self.block(self.client.upsert(
-                self.config.collection.as_str(),
-                columns,
-                UpsertOptions::new(),
-            ))
-            .map_err(|e| self.err("upsert", e))?;
+        let mut by_partition: BTreeMap<String, Vec<VectorEntry>> = BTreeMap::new();
+        for e in items {
+            by_partition
+                .entry(partition_of(&e.vector))
+                .or_default()
+                .push(e.clone());
+        }
+        for (partition, entries) in by_partition {
+            self.ensure_partition(&partition)?;
+            for chunk in entries.chunks(BATCH) {
+                let columns = self.columns(chunk)?;
+                self.block(self.client.upsert(
+                    self.config.collection.as_str(),
+                    columns,
+                    UpsertOptions::new().partition_name(partition.as_str()),
+                ))
+                .map_err(|e| self.err("upsert", e))?;
+            }
         }
         self.forget_count();
+        Ok(())
+    }
+
+    /// Creates a partition unless it exists (another machine may be creating it too).
+    fn ensure_partition(&self, name: &str) -> Result<()> {
+        if self
+            .partitions
+            .lock()
+            .is_ok_and(|known| known.contains(name))
+        {
+            return Ok(());
+        }
+        let collection = self.config.collection.clone();
+        let exists = |this: &Self| {
+            this.block(
+                this.client
+                    .has_partition(collection.clone(), name.to_string()),
+            )
+            .map_err(|e| this.err("has_partition", e))
+        };
+        if !exists(self)? {
+            if let Err(e) = self.block(
+                self.client
+                    .create_partition(collection.clone(), name.to_string()),
+            ) {
+                if !exists(self)? {
+                    return Err(self.err("create_partition", e));
+                }
+            }
+            // A partition made after the collection was loaded is searched once it is loaded.
+            self.block(self.client.load_collection(collection.as_str(), None))
+                .map_err(|e| self.err("load_collection", e))?;
+        }
+        if let Ok(mut known) = self.partitions.lock() {
+            known.insert(name.to_string());
+        }
         Ok(())
     }
 
@@ -557,26 +622,32 @@ impl VectorIndex for MilvusVectors {
     }
 
     fn wait_until_indexed(&self, timeout: Duration) -> Result<()> {
-        // Flushed segments reach the index builder a moment after `flush` returns, and the
-        // index state says nothing about segments it has not seen yet: give them that moment,
-        // then ask for several consecutive "finished" answers.
-        std::thread::sleep(Duration::from_secs(3));
+        // The v1 API only tells "finished", which is also what a segment not yet handed to the
+        // index builder looks like; the v2 API reports indexed and total rows.
+        use milvus::v2::prelude::*;
         let started = Instant::now();
-        let mut finished_in_a_row = 0;
-        while finished_in_a_row < 3 {
-            let infos = self
-                .block(
-                    self.client
-                        .describe_index(self.config.collection.as_str(), "vector"),
-                )
+        let client = self
+            .block(ClientV2::new(
+                &ConnectConfig::new().uri(self.config.endpoint()),
+            ))
+            .map_err(|e| self.err("connect (v2)", e))?;
+        let expected = self.len();
+        loop {
+            let request = milvus::v2::request::index::DescribeIndexRequest::builder()
+                .collection_name(self.config.collection.as_str())
+                .field_name("vector")
+                .build()
                 .map_err(|e| self.err("describe_index", e))?;
-            if infos
-                .iter()
-                .all(|i| i.state() == milvus::proto::common::IndexState::Finished)
-            {
-                finished_in_a_row += 1;
-            } else {
-                finished_in_a_row = 0;
+            let response = self
+                .block(client.describe_index(request))
+                .map_err(|e| self.err("describe_index", e))?;
+            let ready = response.indexes().iter().all(|i| {
+                i.get_pending_rows() == 0
+                    && i.get_indexed_rows() >= i.get_total_rows()
+                    && i.get_total_rows() as usize >= expected
+            });
+            if ready {
+                return Ok(());
             }
             if started.elapsed() > timeout {
                 return Err(self.err(
@@ -589,7 +660,6 @@ impl VectorIndex for MilvusVectors {
             }
             std::thread::sleep(Duration::from_secs(1));
         }
-        Ok(())
     }
 
     fn image_payload(&self, image: u64) -> Result<Option<HitPayload>> {

@@ -250,8 +250,8 @@ fn norm(v: &[f32]) -> f32 {
 /// more graphs.
 const BANDS_PER_OCTAVE: f32 = 2.0;
 
-/// Norm band of a vector.
-fn band_of(n: f32) -> i32 {
+/// Norm band of a vector (also the Milvus engine's partitioning).
+pub(crate) fn band_of(n: f32) -> i32 {
     (n.max(1e-20).log2() * BANDS_PER_OCTAVE).floor() as i32
 }
 
