@@ -247,10 +247,16 @@ fn files_mode(args: &[String]) -> Result<(), Error> {
         m,
         ef_construction: ef_c,
     };
-    let index: Box<dyn VectorIndex> = if engine == "spotter-hnsw" {
-        Box::new(HnswVectors::open(&dir, base.cols, params)?)
+    // The embedded engine is kept by its own type, for its group count.
+    let (embedded, remote) = if engine == "spotter-hnsw" {
+        (Some(HnswVectors::open(&dir, base.cols, params)?), None)
     } else {
-        open_remote(&engine, base.cols, params)?
+        (None, Some(open_remote(&engine, base.cols, params)?))
+    };
+    let index: &dyn VectorIndex = match (&embedded, &remote) {
+        (Some(e), _) => e,
+        (None, Some(r)) => r.as_ref(),
+        (None, None) => unreachable!("one engine is always opened"),
     };
     let t = Instant::now();
     let mut chunk: Vec<VectorEntry> = Vec::with_capacity(2048);
@@ -270,7 +276,7 @@ fn files_mode(args: &[String]) -> Result<(), Error> {
     let insert_s = t.elapsed().as_secs_f64();
     index.wait_until_indexed(std::time::Duration::from_secs(3600))?;
     let build_s = t.elapsed().as_secs_f64();
-    let groups = group_count(index.as_ref());
+    let groups = embedded.as_ref().map_or(0, HnswVectors::groups);
     let rss_after_kib = proc_status_kib("VmRSS:");
     let peak_kib = proc_status_kib("VmHWM:");
     let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
@@ -330,18 +336,6 @@ fn files_mode(args: &[String]) -> Result<(), Error> {
         println!("{out}");
     }
     Ok(())
-}
-
-/// Graphs of the embedded engine (0 for others).
-fn group_count(index: &dyn VectorIndex) -> usize {
-    index
-        .describe()
-        .split(", ")
-        .find_map(|part| {
-            part.strip_suffix(" cosine graph(s) by bias and norm band")
-                .and_then(|n| n.parse().ok())
-        })
-        .unwrap_or(0)
 }
 
 /// A payload of realistic size for engines that keep one.
