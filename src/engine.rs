@@ -11,10 +11,10 @@ use spotter_model::scoring::dot;
 use spotter_model::{ModelPackage, RuntimeOptions, Scoring, TextTower};
 
 use crate::error::{Result, SpotterError};
-use crate::lru::Lru;
 use crate::query::Query;
+use crate::text_cache::{TextCache, TextCacheStats};
 
-/// Text embeddings kept in the LRU cache.
+/// Query texts whose vectors are kept in the cache.
 const CACHE_CAPACITY: usize = 4096;
 
 /// Largest page size.
@@ -184,7 +184,7 @@ pub struct SearchEngine {
     package: ModelPackage,
     text: TextTower,
     scoring: Scoring,
-    cache: Lru<String, Arc<Vec<f32>>>,
+    cache: TextCache,
 }
 
 impl SearchEngine {
@@ -208,7 +208,7 @@ impl SearchEngine {
             index,
             package,
             text,
-            cache: Lru::new(CACHE_CAPACITY),
+            cache: TextCache::new(CACHE_CAPACITY),
         })
     }
 
@@ -227,15 +227,21 @@ impl SearchEngine {
         &self.scoring
     }
 
-    /// Query vector `[t̂ ; 1]` of a concept, from the LRU cache when possible.
+    /// Query vector `[t̂ ; 1]` of a concept and whether it was cached; concurrent requests for
+    /// the same uncached concept share one text-tower run.
     pub fn query_vector(&self, concept: &str) -> Result<(Arc<Vec<f32>>, bool)> {
-        if let Some(v) = self.cache.get(&concept.to_string()) {
-            return Ok((v, true));
-        }
-        let t = self.text.embed_queries(&[concept])?;
-        let v = Arc::new(self.scoring.query_vector(&t[0]));
-        self.cache.insert(concept.to_string(), v.clone());
-        Ok((v, false))
+        self.cache.get_or_compute(concept, || {
+            let t = self.text.embed_queries(&[concept])?;
+            let first = t.first().ok_or_else(|| {
+                SpotterError::Usage(format!("the text tower returned nothing for {concept:?}"))
+            })?;
+            Ok(self.scoring.query_vector(first))
+        })
+    }
+
+    /// How the query-text cache has been used.
+    pub fn text_cache_stats(&self) -> TextCacheStats {
+        self.cache.stats()
     }
 
     /// Runs a parsed text query.

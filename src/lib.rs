@@ -11,5 +11,6 @@ pub mod eval;
 pub mod lru;
 pub mod query;
 pub mod server;
+pub mod text_cache;
 
 pub use error::{Result, SpotterError};

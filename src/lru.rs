@@ -1,15 +1,18 @@
 //! A small thread-safe least-recently-used cache (text embeddings, thumbnails).
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::HashMap;
 use std::hash::Hash;
 use std::sync::Mutex;
 
 struct Entries<K, V> {
-    map: HashMap<K, V>,
-    order: VecDeque<K>,
+    /// Value and the tick of its last use.
+    map: HashMap<K, (V, u64)>,
+    tick: u64,
 }
 
-/// At most `capacity` entries; the least recently used one goes first.
+/// At most `capacity` entries; the least recently used one goes first. A hit costs one hash
+/// lookup; an insert into a full cache scans for the oldest entry (inserts follow misses, which
+/// cost far more than the scan).
 pub struct Lru<K, V> {
     capacity: usize,
     entries: Mutex<Entries<K, V>>,
@@ -22,39 +25,51 @@ impl<K: Eq + Hash + Clone, V: Clone> Lru<K, V> {
             capacity: capacity.max(1),
             entries: Mutex::new(Entries {
                 map: HashMap::new(),
-                order: VecDeque::new(),
+                tick: 0,
             }),
         }
     }
 
     /// The cached value, marked as recently used.
     pub fn get(&self, key: &K) -> Option<V> {
-        let mut e = self.entries.lock().ok()?;
-        let value = e.map.get(key)?.clone();
-        if let Some(pos) = e.order.iter().position(|k| k == key) {
-            e.order.remove(pos);
-        }
-        e.order.push_back(key.clone());
-        Some(value)
+        let mut guard = self.entries.lock().unwrap_or_else(|p| p.into_inner());
+        let e = &mut *guard;
+        e.tick += 1;
+        let (value, used) = e.map.get_mut(key)?;
+        *used = e.tick;
+        Some(value.clone())
     }
 
-    /// Stores a value, evicting the least recently used entry when full.
+    /// Stores a value (replacing an older one), evicting the least recently used entry when full.
     pub fn insert(&self, key: K, value: V) {
-        let Ok(mut e) = self.entries.lock() else {
-            return;
-        };
-        if e.map.insert(key.clone(), value).is_some() {
-            return;
-        }
-        e.order.push_back(key);
-        while e.map.len() > self.capacity {
-            match e.order.pop_front() {
-                Some(old) => {
-                    e.map.remove(&old);
-                }
-                None => break,
+        let mut guard = self.entries.lock().unwrap_or_else(|p| p.into_inner());
+        let e = &mut *guard;
+        e.tick += 1;
+        if !e.map.contains_key(&key) && e.map.len() >= self.capacity {
+            let oldest = e
+                .map
+                .iter()
+                .min_by_key(|(_, (_, used))| *used)
+                .map(|(k, _)| k.clone());
+            if let Some(old) = oldest {
+                e.map.remove(&old);
             }
         }
+        e.map.insert(key, (value, e.tick));
+    }
+
+    /// Entries held.
+    pub fn len(&self) -> usize {
+        self.entries
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .map
+            .len()
+    }
+
+    /// True when nothing is cached.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
     }
 }
 
@@ -71,5 +86,17 @@ mod tests {
         lru.insert("c", 3);
         assert_eq!(lru.get(&"b"), None);
         assert_eq!((lru.get(&"a"), lru.get(&"c")), (Some(1), Some(3)));
+        assert_eq!(lru.len(), 2);
+    }
+
+    #[test]
+    fn replacing_a_key_keeps_the_others() {
+        let lru = Lru::new(2);
+        lru.insert("a", 1);
+        lru.insert("b", 2);
+        lru.insert("a", 10);
+        assert_eq!((lru.get(&"a"), lru.get(&"b")), (Some(10), Some(2)));
+        lru.insert("c", 3); // "a" was used before "b" was read last
+        assert_eq!((lru.get(&"a"), lru.get(&"b")), (None, Some(2)));
     }
 }

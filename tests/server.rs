@@ -99,6 +99,34 @@ fn api_answers_queries_and_explains_every_bad_request() {
         .iter()
         .all(|h| h["path"] == "motorcycle_left.png"));
 
+    // Many clients asking at once for a text nobody asked before share one text-tower run.
+    let cache_before = json(base, "/api/stats").1["text_cache"].clone();
+    let barrier = std::sync::Barrier::new(12);
+    let first_hits: Vec<serde_json::Value> = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..12)
+            .map(|_| {
+                s.spawn(|| {
+                    barrier.wait();
+                    json(base, "/api/search?q=a%20striped%20zebra%20crossing&k=3").1
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().unwrap()["hits"].clone())
+            .collect()
+    });
+    assert!(first_hits.iter().all(|h| h == &first_hits[0]));
+    let cache_after = json(base, "/api/stats").1["text_cache"].clone();
+    let delta =
+        |key: &str| cache_after[key].as_u64().unwrap() - cache_before[key].as_u64().unwrap();
+    assert_eq!(delta("computed"), 1, "{cache_before} -> {cache_after}");
+    assert_eq!(
+        delta("hits") + delta("shared"),
+        11,
+        "{cache_before} -> {cache_after}"
+    );
+
     // More like this.
     let proposal = top["proposal"].as_u64().unwrap();
     let (status, similar) = json(base, &format!("/api/similar/{proposal}?k=3"));

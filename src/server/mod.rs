@@ -219,6 +219,7 @@ async fn stats(State(state): State<Arc<AppState>>) -> ApiResult<Json<serde_json:
     let stats = blocking(move || Ok(engine.index().stats()?)).await?;
     let mut value = serde_json::to_value(stats).unwrap_or_default();
     value["default_threshold"] = serde_json::json!(state.engine.scoring().default_threshold());
+    value["text_cache"] = serde_json::json!(state.engine.text_cache_stats());
     Ok(Json(value))
 }
 
