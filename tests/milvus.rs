@@ -115,7 +115,17 @@ fn hits(dir: &Path, query: &str, extra: &[&str]) -> Vec<(String, String, Vec<i64
         hits[start..end].sort();
         start = end;
     }
+    drop_cut_ties(&mut hits, 50, |h| h.0.as_str());
     hits
+}
+
+/// On a full page, drops the hits tied with the last one: which of several equal scores make
+/// the cut (copies of one photo score the same) is the engines' free choice.
+fn drop_cut_ties<T>(hits: &mut Vec<T>, page: usize, score: impl Fn(&T) -> &str) {
+    if hits.len() == page {
+        let last = score(&hits[page - 1]).to_string();
+        hits.retain(|h| score(h) != last);
+    }
 }
 
 const QUERIES: [&str; 5] = [
@@ -346,6 +356,8 @@ fn the_server_answers_from_a_search_only_folder() {
         served_sorted.sort_by(|a, b| b.0.cmp(&a.0).then(a.1.cmp(&b.1)));
         let mut want_sorted = want.clone();
         want_sorted.sort_by(|a, b| b.0.cmp(&a.0).then(a.1.cmp(&b.1)));
+        drop_cut_ties(&mut served_sorted, 10, |h| h.0.as_str());
+        drop_cut_ties(&mut want_sorted, 10, |h| h.0.as_str());
         assert_eq!(served_sorted, want_sorted, "{query}");
     }
     let (status, result) = json(&server.base, "/api/search?q=cat");

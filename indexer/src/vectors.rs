@@ -201,6 +201,8 @@ impl Default for HnswParams {
 }
 
 const MAX_LAYER: usize = 16;
+/// Groups of at most this many vectors are searched by an exact scan instead of their graph.
+const EXACT_SCAN_MAX_POINTS: usize = 2048;
 const GROUPS_FILE: &str = "groups.json";
 
 type Graph = Hnsw<'static, f32, DirectionL2>;
@@ -508,6 +510,28 @@ impl VectorIndex for HnswVectors {
             if ceiling(group) < kth(&best) {
                 break;
             }
+            if group.count <= EXACT_SCAN_MAX_POINTS {
+                // A small group is scanned exactly: as cheap as a graph walk, and immune to
+                // points a small graph cannot reach (exact duplicates, heuristic pruning).
+                let mut merged = best.clone();
+                for point in group.graph.get_point_indexation() {
+                    let id = point.get_origin_id() as u64;
+                    if deleted.contains(&id) {
+                        continue;
+                    }
+                    let x = point.get_v();
+                    let cos: f32 = x[..d].iter().zip(&direction[..d]).map(|(a, b)| a * b).sum();
+                    merged.push(Neighbour {
+                        id,
+                        logit: x[d] * q_norm * cos + group.bias * q_bias,
+                    });
+                }
+                merged.sort_by(|a, b| b.logit.total_cmp(&a.logit).then(a.id.cmp(&b.id)));
+                merged.dedup_by_key(|n| n.id);
+                merged.truncate(k);
+                best = merged;
+                continue;
+            }
             let mut fetch = k.max(16).min(group.count.max(1));
             loop {
                 let ef_now = ef.max(fetch);
@@ -656,7 +680,8 @@ mod tests {
         let mut seed = 42;
         // Norms vary by 10×, as WeDetect's un-normalised embeddings do: cosine or L2 search
         // would rank these differently from inner product.
-        let items: Vec<(u64, Vec<f32>)> = (0..2000u64)
+        // 20 000 vectors: norm bands larger than EXACT_SCAN_MAX_POINTS, so the graphs are searched.
+        let items: Vec<(u64, Vec<f32>)> = (0..20_000u64)
             .map(|i| {
                 let scale = 1.0 + (i % 10) as f32;
                 (
@@ -666,10 +691,11 @@ mod tests {
             })
             .collect();
         let index = HnswVectors::open(&dir, dim, HnswParams::default()).unwrap();
+        assert!(items.len() / 8 > EXACT_SCAN_MAX_POINTS);
         index.insert(&entries(&items[..500])).unwrap();
         index.insert(&entries(&items[500..])).unwrap(); // larger norms land in new norm bands
         index.insert(&entries(&items[..10])).unwrap(); // replays are ignored
-        assert_eq!(index.len(), 2000);
+        assert_eq!(index.len(), 20_000);
         let queries: Vec<Vec<f32>> = (0..20)
             .map(|_| (0..dim).map(|_| rng(&mut seed)).collect())
             .collect();
@@ -697,7 +723,7 @@ mod tests {
         drop(index);
 
         let reopened = HnswVectors::open(&dir, dim, HnswParams::default()).unwrap();
-        assert_eq!(reopened.len(), 1999);
+        assert_eq!(reopened.len(), 19_999);
         assert_eq!(reopened.tombstones(), 1);
         assert!(reopened
             .search(&queries[0], 10, 100)
@@ -705,7 +731,7 @@ mod tests {
             .iter()
             .all(|n| n.id != top.id));
         reopened.compact().unwrap();
-        assert_eq!((reopened.len(), reopened.tombstones()), (1999, 0));
+        assert_eq!((reopened.len(), reopened.tombstones()), (19_999, 0));
         let _ = std::fs::remove_dir_all(&dir);
     }
 
