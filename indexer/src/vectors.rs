@@ -252,6 +252,15 @@ fn norm(v: &[f32]) -> f32 {
 /// more graphs.
 const BANDS_PER_OCTAVE: f32 = 2.0;
 
+/// `best` and `more` in decreasing logit order (ties by id), each id once.
+fn merged_best(best: &[Neighbour], more: impl IntoIterator<Item = Neighbour>) -> Vec<Neighbour> {
+    let mut merged = best.to_vec();
+    merged.extend(more);
+    merged.sort_by(|a, b| b.logit.total_cmp(&a.logit).then(a.id.cmp(&b.id)));
+    merged.dedup_by_key(|n| n.id);
+    merged
+}
+
 /// Norm band of a vector (also the Milvus engine's partitioning).
 pub(crate) fn band_of(n: f32) -> i32 {
     (n.max(1e-20).log2() * BANDS_PER_OCTAVE).floor() as i32
@@ -498,6 +507,10 @@ impl VectorIndex for HnswVectors {
         let mut order: Vec<&Group> = state.groups.iter().collect();
         order.sort_by(|a, b| ceiling(b).total_cmp(&ceiling(a)));
 
+        // Cosine of a stored point `[û ; n]` with the query direction, and its exact logit.
+        let cosine =
+            |x: &[f32]| -> f32 { x[..d].iter().zip(&direction[..d]).map(|(a, b)| a * b).sum() };
+        let logit = |g: &Group, x: &[f32], cos: f32| x[d] * q_norm * cos + g.bias * q_bias;
         let mut best: Vec<Neighbour> = Vec::new();
         let kth = |best: &Vec<Neighbour>| {
             if best.len() >= k {
@@ -513,21 +526,19 @@ impl VectorIndex for HnswVectors {
             if group.count <= EXACT_SCAN_MAX_POINTS {
                 // A small group is scanned exactly: as cheap as a graph walk, and immune to
                 // points a small graph cannot reach (exact duplicates, heuristic pruning).
-                let mut merged = best.clone();
-                for point in group.graph.get_point_indexation() {
-                    let id = point.get_origin_id() as u64;
-                    if deleted.contains(&id) {
-                        continue;
-                    }
-                    let x = point.get_v();
-                    let cos: f32 = x[..d].iter().zip(&direction[..d]).map(|(a, b)| a * b).sum();
-                    merged.push(Neighbour {
-                        id,
-                        logit: x[d] * q_norm * cos + group.bias * q_bias,
+                let scanned = group
+                    .graph
+                    .get_point_indexation()
+                    .into_iter()
+                    .filter(|p| !deleted.contains(&(p.get_origin_id() as u64)))
+                    .map(|p| {
+                        let x = p.get_v();
+                        Neighbour {
+                            id: p.get_origin_id() as u64,
+                            logit: logit(group, x, cosine(x)),
+                        }
                     });
-                }
-                merged.sort_by(|a, b| b.logit.total_cmp(&a.logit).then(a.id.cmp(&b.id)));
-                merged.dedup_by_key(|n| n.id);
+                let mut merged = merged_best(&best, scanned);
                 merged.truncate(k);
                 best = merged;
                 continue;
@@ -549,18 +560,16 @@ impl VectorIndex for HnswVectors {
                     let Some(x) = points.get_point_data(&n.p_id) else {
                         continue;
                     };
-                    let cos: f32 = x[..d].iter().zip(&direction[..d]).map(|(a, b)| a * b).sum();
+                    let x: &[f32] = &x;
+                    let cos = cosine(x);
                     frontier = frontier.min(cos);
                     candidates.push(Neighbour {
                         id: n.d_id as u64,
-                        logit: x[d] * q_norm * cos + group.bias * q_bias,
+                        logit: logit(group, x, cos),
                     });
                 }
                 let exhausted = found.len() < fetch || fetch >= group.count;
-                let mut merged = best.clone();
-                merged.extend(candidates);
-                merged.sort_by(|a, b| b.logit.total_cmp(&a.logit).then(a.id.cmp(&b.id)));
-                merged.dedup_by_key(|n| n.id);
+                let mut merged = merged_best(&best, candidates);
                 let unseen_bound = (group.max_norm * frontier).max(group.min_norm * frontier)
                     * q_norm
                     + group.bias * q_bias
