@@ -77,7 +77,8 @@ pub struct ObjectHit {
     pub objectness: f32,
     /// Archive root id.
     pub root: u32,
-    /// Path relative to the archive root.
+    /// Path relative to the archive root, for people (bytes that are not UTF-8 as `\xNN`; the
+    /// file itself is addressed by `image`).
     pub path: String,
     /// Displayed image width.
     pub width: u32,
@@ -331,7 +332,7 @@ impl SearchEngine {
         let threshold = params.threshold.unwrap_or(self.scoring.default_threshold());
         let min_logit = self.scoring.logit_of_probability(threshold);
         let want = params.offset + params.k + 1; // one more tells whether a next page exists
-        let total = self.index.vectors().len();
+        let total = self.index.vectors().len()?;
         let mut timings = Timings {
             text_ms,
             ..Default::default()
@@ -418,7 +419,7 @@ impl SearchEngine {
             bbox: p.bbox,
             objectness: p.objectness,
             root: record.root,
-            path: record.rel_path.clone(),
+            path: record.rel_path.display(),
             width: record.width,
             height: record.height,
             rank: best_rank,

@@ -111,7 +111,7 @@ impl Progress for Probe<'_> {
     fn file_done(&self, _path: &Path, _proposals: usize, _failed: bool) {
         // A slow archive: each file takes 250 ms, so a run of 12 files lasts 3 s.
         std::thread::sleep(Duration::from_millis(250));
-        let live = self.index.vectors().len();
+        let live = self.index.vectors().len().expect("count vectors");
         self.seen.lock().unwrap().push(live);
     }
 }

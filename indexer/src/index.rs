@@ -8,6 +8,7 @@ use spotter_model::ModelPackage;
 use crate::backend::{BackendConfig, Shard, VectorBackend};
 use crate::error::{IndexError, Result};
 use crate::records::{ImageRecord, IndexMeta, ProposalRecord, StoredVector};
+use crate::relpath::RelPath;
 use crate::store::Store;
 use crate::vectors::{HitPayload, HnswParams, HnswVectors, VectorEntry, VectorIndex};
 
@@ -37,7 +38,7 @@ pub struct HitRecord {
     /// Archive root id (in this index folder's roots table).
     pub root: u32,
     /// Path relative to the root.
-    pub rel_path: String,
+    pub rel_path: RelPath,
     /// Displayed image width.
     pub width: u32,
     /// Displayed image height.
@@ -50,7 +51,7 @@ pub struct ImageInfo {
     /// Archive root id.
     pub root: u32,
     /// Path relative to the root.
-    pub rel_path: String,
+    pub rel_path: RelPath,
     /// Absolute path of the file.
     pub path: PathBuf,
     /// Displayed width.
@@ -530,7 +531,7 @@ impl Index {
         let root_path = PathBuf::from(&payload.root);
         Ok(Some(ImageInfo {
             root: self.store.root_id(&root_path)?,
-            path: root_path.join(&payload.path),
+            path: payload.path.join_onto(&root_path),
             rel_path: payload.path,
             width: payload.width,
             height: payload.height,
@@ -544,7 +545,7 @@ impl Index {
 
     /// Absolute path of an image record.
     pub fn image_path(&self, image: &ImageRecord) -> Result<PathBuf> {
-        Ok(self.root_path(image.root)?.join(&image.rel_path))
+        Ok(image.rel_path.join_onto(&self.root_path(image.root)?))
     }
 
     /// Drops deleted vectors from the vector index and saves it.
@@ -577,8 +578,8 @@ impl Index {
             indexed,
             failed,
             proposals,
-            vectors: self.vectors.len(),
-            tombstones: self.vectors.tombstones(),
+            vectors: self.vectors.len()?,
+            tombstones: self.vectors.tombstones()?,
             vector_dim: self.meta.vector_dim,
             half_precision: self.meta.half_precision,
             vector_engine: self.vectors.describe(),
