@@ -196,13 +196,7 @@ impl SearchEngine {
         runtime: &RuntimeOptions,
         text_sessions: usize,
     ) -> Result<Self> {
-        if package.manifest.name != index.meta().model {
-            return Err(SpotterError::Usage(format!(
-                "the index was built with model '{}', not '{}'",
-                index.meta().model,
-                package.manifest.name
-            )));
-        }
+        index.check_model(&package)?;
         let text = TextTower::load_pool(&package, runtime, text_sessions)?;
         Ok(SearchEngine {
             scoring: Scoring::new(&package.manifest.scoring),

@@ -53,6 +53,7 @@ pub fn run(args: &EvalArgs) -> Result<()> {
     let mut model = args.model.clone();
     model.model = index.meta().model.clone();
     let package = model.package()?;
+    index.check_model(&package)?;
     let text = TextTower::load(&package, &model.runtime())?;
     let scoring = Scoring::new(&package.manifest.scoring);
     let names: Vec<&str> = coco.categories.iter().map(|c| c.name.as_str()).collect();
