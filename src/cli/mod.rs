@@ -145,11 +145,12 @@ impl ProposalArgs {
 }
 
 /// Prints a value as pretty JSON on stdout (the `--json` output of the commands).
-pub fn print_json<T: serde::Serialize>(value: &T) {
-    println!(
-        "{}",
-        serde_json::to_string_pretty(value).unwrap_or_default()
-    );
+pub fn print_json<T: serde::Serialize>(value: &T) -> Result<()> {
+    let text = serde_json::to_string_pretty(value).map_err(|e| {
+        crate::error::SpotterError::Usage(format!("cannot print the result as JSON: {e}"))
+    })?;
+    println!("{text}");
+    Ok(())
 }
 
 /// Text safe to print on a terminal: control characters (line breaks, escape sequences from
