@@ -264,43 +264,41 @@ pub fn stats(args: &StatsArgs) -> Result<()> {
         }
         return super::print_json(&doc);
     }
-    {
-        println!("index       {}", super::terminal_path(&stats.dir));
-        println!("model       {}", super::terminal_safe(&stats.model));
-        for root in &stats.roots {
-            println!("archive     {}", super::terminal_path(root));
-        }
+    println!("index       {}", super::terminal_path(&stats.dir));
+    println!("model       {}", super::terminal_safe(&stats.model));
+    for root in &stats.roots {
+        println!("archive     {}", super::terminal_path(root));
+    }
+    println!(
+        "images      {} ({} indexed, {} failed)",
+        stats.images, stats.indexed, stats.failed
+    );
+    println!("proposals   {}", stats.proposals);
+    if stats.backend == "embedded" {
         println!(
-            "images      {} ({} indexed, {} failed)",
-            stats.images, stats.indexed, stats.failed
+            "vectors     {} live, {} deleted (spotter compact drops them)",
+            stats.vectors, stats.tombstones
         );
-        println!("proposals   {}", stats.proposals);
-        if stats.backend == "embedded" {
-            println!(
-                "vectors     {} live, {} deleted (spotter compact drops them)",
-                stats.vectors, stats.tombstones
-            );
-        } else {
-            println!(
-                "vectors     {} in the shared collection (every shard's)",
-                stats.vectors
-            );
-        }
+    } else {
         println!(
-            "vector      {} floats, stored as {}",
-            stats.vector_dim,
-            if stats.half_precision { "f16" } else { "f32" }
-        );
-        println!("engine      {}", stats.vector_engine);
-        println!("backend     {}", stats.backend);
-        if let Some(shard) = &stats.shard {
-            println!("shard       {shard} (of the archive, by path)");
-        }
-        println!(
-            "disk        {:.1} MiB",
-            stats.disk_bytes as f64 / (1024.0 * 1024.0)
+            "vectors     {} in the shared collection (every shard's)",
+            stats.vectors
         );
     }
+    println!(
+        "vector      {} floats, stored as {}",
+        stats.vector_dim,
+        if stats.half_precision { "f16" } else { "f32" }
+    );
+    println!("engine      {}", stats.vector_engine);
+    println!("backend     {}", stats.backend);
+    if let Some(shard) = &stats.shard {
+        println!("shard       {shard} (of the archive, by path)");
+    }
+    println!(
+        "disk        {:.1} MiB",
+        stats.disk_bytes as f64 / (1024.0 * 1024.0)
+    );
     if !stats.walk_problems.is_empty() {
         println!(
             "not walked  {} problem(s) in the last run (spotter stats --failures lists them)",

@@ -186,3 +186,23 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Eval(args) => eval::run(&args),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn terminal_text_escapes_control_characters_and_keeps_unicode() {
+        assert_eq!(
+            terminal_safe("a\nb\x1b[31m été.jpg"),
+            "a\\nb\\u{1b}[31m été.jpg"
+        );
+        assert_eq!(terminal_safe("plain/été 1.jpg"), "plain/été 1.jpg");
+        #[cfg(unix)]
+        {
+            use std::os::unix::ffi::OsStrExt;
+            let path = std::path::Path::new(std::ffi::OsStr::from_bytes(b"/a/\xff\t.jpg"));
+            assert_eq!(terminal_path(path), "/a/\\xff\\t.jpg");
+        }
+    }
+}
