@@ -276,7 +276,10 @@ fn files_mode(args: &[String]) -> Result<(), Error> {
     let insert_s = t.elapsed().as_secs_f64();
     index.wait_until_indexed(std::time::Duration::from_secs(3600))?;
     let build_s = t.elapsed().as_secs_f64();
-    let groups = embedded.as_ref().map_or(0, HnswVectors::groups);
+    let groups = match embedded.as_ref() {
+        Some(e) => e.groups()?,
+        None => 0,
+    };
     let rss_after_kib = proc_status_kib("VmRSS:");
     let peak_kib = proc_status_kib("VmHWM:");
     let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
@@ -343,7 +346,7 @@ fn bench_payload(i: usize) -> spotter_indexer::vectors::HitPayload {
     spotter_indexer::vectors::HitPayload {
         image: (i / 20) as u64,
         root: "/srv/archive/photos".into(),
-        path: format!("2024/album-{:03}/IMG_{:06}.jpg", i / 5000, i / 20),
+        path: format!("2024/album-{:03}/IMG_{:06}.jpg", i / 5000, i / 20).into(),
         width: 4032,
         height: 3024,
         bbox: [10.0, 20.0, 300.0, 400.0],

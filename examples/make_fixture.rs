@@ -89,11 +89,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     );
     let t = Instant::now();
     let index = Index::open(target)?; // reconcile inserts every proposal into the HNSW and saves it
+    let live = index.vectors().len()?;
     println!(
-        "vector index: {} vectors in {:.1} s ({:.0} vectors/s)",
-        index.vectors().len(),
+        "vector index: {live} vectors in {:.1} s ({:.0} vectors/s)",
         t.elapsed().as_secs_f64(),
-        index.vectors().len() as f64 / t.elapsed().as_secs_f64()
+        live as f64 / t.elapsed().as_secs_f64()
     );
     Ok(())
 }

@@ -118,7 +118,8 @@ pub struct ObjectHit {
     pub objectness: f32,
     /// Archive root id.
     pub root: u32,
-    /// Path relative to the archive root.
+    /// Path relative to the archive root, for people (bytes that are not UTF-8 as `\xNN`; the
+    /// file itself is addressed by `image`).
     pub path: String,
     /// Displayed image width.
     pub width: u32,
@@ -237,13 +238,7 @@ impl SearchEngine {
         runtime: &RuntimeOptions,
         text_sessions: usize,
     ) -> Result<Self> {
-        if package.manifest.name != index.meta().model {
-            return Err(SpotterError::Usage(format!(
-                "the index was built with model '{}', not '{}'",
-                index.meta().model,
-                package.manifest.name
-            )));
-        }
+        index.check_model(&package)?;
         let text = TextTower::load_pool(&package, runtime, text_sessions)?;
         Ok(SearchEngine {
             scoring: Scoring::new(&package.manifest.scoring),
@@ -376,7 +371,7 @@ impl SearchEngine {
         let threshold = params.threshold.unwrap_or(self.scoring.default_threshold());
         let min_logit = self.scoring.logit_of_probability(threshold);
         let want = params.offset + params.k + 1; // one more tells whether a next page exists
-        let total = self.index.vectors().len();
+        let total = self.index.vectors().len()?;
         let mut timings = Timings {
             text_ms,
             ..Default::default()
@@ -464,7 +459,7 @@ impl SearchEngine {
             bbox: p.bbox,
             objectness: p.objectness,
             root: record.root,
-            path: record.rel_path.clone(),
+            path: record.rel_path.display(),
             width: record.width,
             height: record.height,
             rank: best_rank,

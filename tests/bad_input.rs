@@ -95,7 +95,7 @@ fn broken_files_are_reported_and_skipped_and_the_rest_is_indexed() {
     let mut statuses: HashMap<String, ImageStatus> = HashMap::new();
     for image in index.store().images() {
         let (_, record) = image.unwrap();
-        statuses.insert(record.rel_path.clone(), record.status.clone());
+        statuses.insert(record.rel_path.display(), record.status.clone());
     }
     for (name, want) in &expect {
         let status = statuses
@@ -131,7 +131,7 @@ fn broken_files_are_reported_and_skipped_and_the_rest_is_indexed() {
     // Sizes are the displayed ones.
     let wide = index
         .store()
-        .image_by_path(0, "wide_20000x300.png")
+        .image_by_path(0, &"wide_20000x300.png".into())
         .unwrap()
         .unwrap()
         .1;

@@ -92,7 +92,7 @@ fn content(dir: &Path) -> BTreeMap<String, Vec<[i64; 5]>> {
     }
     // No lost and no duplicated vectors.
     assert_eq!(
-        index.vectors().len(),
+        index.vectors().len().unwrap(),
         index.store().counts().1,
         "vectors vs stored proposals"
     );
@@ -176,7 +176,7 @@ fn incremental_runs_recognise_unchanged_moved_copied_changed_and_deleted_files()
         "deleted and changed files leave tombstones"
     );
     index.compact().unwrap();
-    assert_eq!(index.vectors().tombstones(), 0);
+    assert_eq!(index.vectors().tombstones().unwrap(), 0);
     drop(index);
     assert_eq!(content(&dir).len(), 10);
 }

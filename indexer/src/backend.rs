@@ -225,7 +225,7 @@ impl Shard {
 
     /// True when this shard indexes the file at `rel_path` (relative to its archive root).
     /// Deterministic and stable as files come and go: a file's shard depends on its path only.
-    pub fn owns(&self, rel_path: &str) -> bool {
+    pub fn owns(&self, rel_path: &crate::relpath::RelPath) -> bool {
         if self.count <= 1 {
             return true;
         }
@@ -343,7 +343,7 @@ mod tests {
         let mut counts = [0usize; 3];
         for n in 0..3000 {
             let path = format!("album-{}/IMG_{n:05}.jpg", n % 17);
-            let owners: Vec<usize> = (0..3).filter(|&i| shards[i].owns(&path)).collect();
+            let owners: Vec<usize> = (0..3).filter(|&i| shards[i].owns(&path.as_str().into())).collect();
             assert_eq!(owners.len(), 1, "{path}");
             counts[owners[0]] += 1;
         }

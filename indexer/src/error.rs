@@ -32,6 +32,9 @@ pub enum IndexError {
         /// Why it cannot be read.
         message: String,
     },
+    /// A record could not be encoded for storage.
+    #[error("cannot encode an index record: {0}")]
+    Encode(String),
     /// The index was written by another format version or model.
     #[error("{0}")]
     Incompatible(String),

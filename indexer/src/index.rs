@@ -8,6 +8,7 @@ use spotter_model::ModelPackage;
 use crate::backend::{BackendConfig, Shard, VectorBackend};
 use crate::error::{IndexError, Result};
 use crate::records::{ImageRecord, IndexMeta, ProposalRecord, StoredVector};
+use crate::relpath::RelPath;
 use crate::store::Store;
 use crate::vectors::{HitPayload, HnswParams, HnswVectors, VectorEntry, VectorIndex};
 
@@ -37,7 +38,7 @@ pub struct HitRecord {
     /// Archive root id (in this index folder's roots table).
     pub root: u32,
     /// Path relative to the root.
-    pub rel_path: String,
+    pub rel_path: RelPath,
     /// Displayed image width.
     pub width: u32,
     /// Displayed image height.
@@ -50,7 +51,7 @@ pub struct ImageInfo {
     /// Archive root id.
     pub root: u32,
     /// Path relative to the root.
-    pub rel_path: String,
+    pub rel_path: RelPath,
     /// Absolute path of the file.
     pub path: PathBuf,
     /// Displayed width.
@@ -107,10 +108,36 @@ pub struct Index {
     backend: BackendConfig,
 }
 
-/// Stable hash of a manifest, to tell models apart.
-pub fn manifest_hash(package: &ModelPackage) -> String {
-    let text = serde_json::to_string(&package.manifest).unwrap_or_default();
-    blake3::hash(text.as_bytes()).to_hex().to_string()
+/// Stable hash of a manifest (BLAKE3 of its re-serialised JSON): the one rule that tells
+/// whether a model package is the one an index was built with.
+pub fn manifest_hash(package: &ModelPackage) -> Result<String> {
+    let text = serde_json::to_string(&package.manifest).map_err(|e| {
+        IndexError::Invalid(format!(
+            "cannot hash the manifest of {}: {e}",
+            package.dir.display()
+        ))
+    })?;
+    Ok(blake3::hash(text.as_bytes()).to_hex().to_string())
+}
+
+/// The refusal of a package whose manifest hash is not the index's.
+fn model_mismatch(dir: &Path, meta: &IndexMeta, package: &ModelPackage, hash: &str) -> IndexError {
+    IndexError::Incompatible(format!(
+        "{} was built with model '{}' (manifest hash {}); the package at {} ('{}') has manifest \
+         hash {}: re-index into a new --index folder with --model {}, or point --model at the \
+         package the index was built with",
+        dir.display(),
+        meta.model,
+        short(&meta.manifest_hash),
+        package.dir.display(),
+        package.manifest.name,
+        short(hash),
+        package.manifest.name,
+    ))
+}
+
+fn short(hash: &str) -> &str {
+    hash.get(..12).unwrap_or(hash)
 }
 
 impl Index {
@@ -126,20 +153,11 @@ impl Index {
             source,
         })?;
         let store = Store::open(dir)?;
-        let hash = manifest_hash(package);
+        let hash = manifest_hash(package)?;
         let meta = match store.meta()? {
             Some(meta) => {
                 if meta.manifest_hash != hash {
-                    return Err(IndexError::Incompatible(format!(
-                        "{} was built with model '{}' (manifest {}), not '{}' (manifest {}): \
-                         use --model {} or another --index folder",
-                        dir.display(),
-                        meta.model,
-                        &meta.manifest_hash[..12],
-                        package.manifest.name,
-                        &hash[..12],
-                        meta.model
-                    )));
+                    return Err(model_mismatch(dir, &meta, package, &hash));
                 }
                 meta
             }
@@ -536,13 +554,26 @@ impl Index {
         let root_path = PathBuf::from(&payload.root);
         Ok(Some(ImageInfo {
             root: self.store.root_id(&root_path)?,
-            path: root_path.join(&payload.path),
+            path: payload.path.join_onto(&root_path),
             rel_path: payload.path,
             width: payload.width,
             height: payload.height,
             size: None,
             hash: None,
         }))
+    }
+
+    /// Checks that `package` is the model this index was built with, by manifest hash (the
+    /// same rule as [`Index::open_for_model`]). Every command that embeds text or runs the
+    /// model calls it before using the package; a rebuilt package under the same name is
+    /// refused, since its vectors would not be comparable with the stored ones.
+    pub fn check_model(&self, package: &ModelPackage) -> Result<()> {
+        let hash = manifest_hash(package)?;
+        if hash == self.meta.manifest_hash {
+            Ok(())
+        } else {
+            Err(model_mismatch(&self.dir, &self.meta, package, &hash))
+        }
     }
 
     /// Index settings.
@@ -552,7 +583,7 @@ impl Index {
 
     /// Absolute path of an image record.
     pub fn image_path(&self, image: &ImageRecord) -> Result<PathBuf> {
-        Ok(self.root_path(image.root)?.join(&image.rel_path))
+        Ok(image.rel_path.join_onto(&self.root_path(image.root)?))
     }
 
     /// Drops deleted vectors from the vector index and saves it.
@@ -585,8 +616,8 @@ impl Index {
             indexed,
             failed,
             proposals,
-            vectors: self.vectors.len(),
-            tombstones: self.vectors.tombstones(),
+            vectors: self.vectors.len()?,
+            tombstones: self.vectors.tombstones()?,
             vector_dim: self.meta.vector_dim,
             half_precision: self.meta.half_precision,
             vector_engine: self.vectors.describe(),

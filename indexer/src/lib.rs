@@ -1,6 +1,7 @@
 //! Spotter's offline indexer: turns image archives into a persistent object index.
 //!
 //! - [`walk`]: which files of an archive are images;
+//! - [`relpath`]: paths relative to a root, kept byte for byte;
 //! - [`pipeline`]: one indexing run (decode, model, write), incremental and crash-safe;
 //! - [`store`]: the sled database, the source of truth;
 //! - [`vectors`]: the vector index interface and its embedded HNSW implementation;
@@ -15,6 +16,7 @@ pub mod index;
 pub mod milvus;
 pub mod pipeline;
 pub mod records;
+pub mod relpath;
 pub mod store;
 pub mod vectors;
 pub mod walk;
@@ -22,5 +24,6 @@ pub mod walk;
 pub use backend::{BackendConfig, Shard, VectorBackend};
 pub use error::{IndexError, Result};
 pub use index::{HitRecord, ImageInfo, Index, IndexSettings, IndexStats};
+pub use relpath::RelPath;
 pub use pipeline::{run, IndexRequest, NoProgress, Progress, RunReport};
 pub use vectors::{HnswParams, VectorEntry, VectorIndex};

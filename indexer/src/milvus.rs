@@ -526,36 +526,31 @@ impl VectorIndex for MilvusVectors {
         Ok(out)
     }
 
-    fn len(&self) -> usize {
+    fn len(&self) -> Result<usize> {
         if let Ok(count) = self.count.lock() {
             if let Some((at, n)) = *count {
                 if at.elapsed() < COUNT_TTL {
-                    return n;
+                    return Ok(n);
                 }
             }
         }
         let options = QueryOptions::new().consistency_level(self.level());
-        match self.block(self.client.count_with_expr(
-            self.config.collection.as_str(),
-            "id >= 0",
-            &options,
-        )) {
-            Ok(n) => {
-                let n = n.max(0) as usize;
-                if let Ok(mut count) = self.count.lock() {
-                    *count = Some((Instant::now(), n));
-                }
-                n
-            }
-            Err(e) => {
-                tracing::warn!(error = %e, "counting the Milvus collection failed");
-                0
-            }
+        let n = self
+            .block(self.client.count_with_expr(
+                self.config.collection.as_str(),
+                "id >= 0",
+                &options,
+            ))
+            .map_err(|e| self.err("count", e))?;
+        let n = n.max(0) as usize;
+        if let Ok(mut count) = self.count.lock() {
+            *count = Some((Instant::now(), n));
         }
+        Ok(n)
     }
 
-    fn tombstones(&self) -> usize {
-        0
+    fn tombstones(&self) -> Result<usize> {
+        Ok(0)
     }
 
     fn ids(&self) -> Result<HashSet<u64>> {
@@ -631,7 +626,7 @@ impl VectorIndex for MilvusVectors {
                 &ConnectConfig::new().uri(self.config.endpoint()),
             ))
             .map_err(|e| self.err("connect (v2)", e))?;
-        let expected = self.len();
+        let expected = self.len()?;
         loop {
             let request = milvus::v2::request::index::DescribeIndexRequest::builder()
                 .collection_name(self.config.collection.as_str())

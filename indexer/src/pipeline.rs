@@ -315,9 +315,8 @@ pub fn run(
         report.deleted += 1;
     }
 
-    if index.vectors().tombstones() > 1000
-        && index.vectors().tombstones() * 5 > index.vectors().len()
-    {
+    let tombstones = index.vectors().tombstones()?;
+    if tombstones > 1000 && tombstones * 5 > index.vectors().len()? {
         progress.note("compacting the vector index (over 20% deleted)");
         index.vectors().compact()?;
     }

@@ -4,6 +4,7 @@
 use serde::{de::DeserializeOwned, Deserialize, Serialize};
 
 use crate::error::{IndexError, Result};
+use crate::relpath::RelPath;
 
 /// Version byte written in front of every record. Bump on any layout change.
 pub const RECORD_VERSION: u8 = 1;
@@ -36,8 +37,8 @@ pub enum ImageStatus {
 pub struct ImageRecord {
     /// Archive root id (see the `roots` tree).
     pub root: u32,
-    /// Path relative to the root, with `/` separators.
-    pub rel_path: String,
+    /// Path relative to the root, with `/` separators, byte for byte.
+    pub rel_path: RelPath,
     /// File size in bytes when indexed.
     pub size: u64,
     /// Modification time (ns since the Unix epoch) when indexed.
@@ -121,14 +122,14 @@ pub struct IndexMeta {
     pub hnsw_ef_construction: usize,
 }
 
-/// Encodes a record with the version byte.
-pub fn encode<T: Serialize>(value: &T) -> Vec<u8> {
+/// Encodes a record with the version byte. Fails (instead of writing an empty record) if the
+/// value cannot be encoded.
+pub fn encode<T: Serialize>(value: &T) -> Result<Vec<u8>> {
     let mut out = vec![RECORD_VERSION];
-    // Encoding plain structs into a Vec cannot fail.
-    let body =
-        bincode::serde::encode_to_vec(value, bincode::config::standard()).unwrap_or_default();
+    let body = bincode::serde::encode_to_vec(value, bincode::config::standard())
+        .map_err(|e| IndexError::Encode(e.to_string()))?;
     out.extend(body);
-    out
+    Ok(out)
 }
 
 /// Decodes a record, checking the version byte.
@@ -166,13 +167,46 @@ mod tests {
             level: 2,
             vector: StoredVector::new(&[0.25, -1.5, 3.0], false),
         };
-        let bytes = encode(&rec);
+        let bytes = encode(&rec).unwrap();
         assert_eq!(decode::<ProposalRecord>(&bytes, "p").unwrap(), rec);
         let mut future = bytes.clone();
         future[0] = 9;
         let err = decode::<ProposalRecord>(&future, "proposal 7").unwrap_err();
         assert!(err.to_string().contains("record format 9"), "{err}");
         assert!(decode::<ProposalRecord>(&bytes[..3], "p").is_err());
+    }
+
+    #[test]
+    fn image_records_written_with_a_string_path_decode_with_rel_path() {
+        // The layout of earlier versions, whose path was a `String`.
+        #[derive(Serialize)]
+        struct OldImageRecord {
+            root: u32,
+            rel_path: String,
+            size: u64,
+            mtime_ns: i64,
+            hash: [u8; 32],
+            width: u32,
+            height: u32,
+            status: ImageStatus,
+            proposals: u32,
+        }
+        let old = OldImageRecord {
+            root: 1,
+            rel_path: "2023/Überlingen/IMG 1.jpg".into(),
+            size: 1234,
+            mtime_ns: -5,
+            hash: [9; 32],
+            width: 640,
+            height: 480,
+            status: ImageStatus::Failed("truncated".into()),
+            proposals: 0,
+        };
+        let bytes = encode(&old).unwrap();
+        let new: ImageRecord = decode(&bytes, "image").unwrap();
+        assert_eq!(new.rel_path, RelPath::from("2023/Überlingen/IMG 1.jpg"));
+        assert_eq!((new.size, new.mtime_ns, new.width), (1234, -5, 640));
+        assert_eq!(encode(&new).unwrap(), bytes);
     }
 
     #[test]

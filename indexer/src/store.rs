@@ -13,6 +13,7 @@ use sled::{Transactional, Tree};
 
 use crate::error::{IndexError, Result};
 use crate::records::{decode, encode, proposal_id, ImageRecord, IndexMeta, ProposalRecord};
+use crate::relpath::RelPath;
 
 /// Store format version, in `meta`; bump when tree layout changes.
 pub const STORE_VERSION: u32 = 1;
@@ -41,10 +42,15 @@ fn id_of(bytes: &[u8]) -> Result<u64> {
     Ok(u64::from_be_bytes(arr))
 }
 
-fn path_key(root: u32, rel_path: &str) -> Vec<u8> {
+fn path_key(root: u32, rel_path: &RelPath) -> Vec<u8> {
     let mut key = root.to_be_bytes().to_vec();
     key.extend_from_slice(rel_path.as_bytes());
     key
+}
+
+/// The raw bytes of a root path (UTF-8 roots are stored as their text, as before).
+fn root_bytes(root: &Path) -> Vec<u8> {
+    root.as_os_str().as_encoded_bytes().to_vec()
 }
 
 fn hash_key(hash: &[u8; 32], image: u64) -> Vec<u8> {
@@ -123,7 +129,7 @@ impl Store {
     /// Writes the index settings.
     pub fn set_meta(&self, meta: &IndexMeta) -> Result<()> {
         self.meta
-            .insert("index", encode(meta))
+            .insert("index", encode(meta)?)
             .map_err(|e| self.err(e))?;
         Ok(())
     }
@@ -145,10 +151,10 @@ impl Store {
 
     /// The id of an archive root (absolute, canonical path), created on first use.
     pub fn root_id(&self, root: &Path) -> Result<u32> {
-        let text = root.to_string_lossy().to_string();
+        let text = root_bytes(root);
         for entry in self.roots.iter() {
             let (k, v) = entry.map_err(|e| self.err(e))?;
-            if v.as_ref() == text.as_bytes() {
+            if v.as_ref() == text.as_slice() {
                 let arr: [u8; 4] = k.as_ref().try_into().map_err(|_| IndexError::Corrupt {
                     what: "root id".into(),
                     message: "bad key".into(),
@@ -158,7 +164,7 @@ impl Store {
         }
         let id = self.roots.len() as u32;
         self.roots
-            .insert(id.to_be_bytes(), text.as_bytes())
+            .insert(id.to_be_bytes(), text.as_slice())
             .map_err(|e| self.err(e))?;
         Ok(id)
     }
@@ -168,11 +174,11 @@ impl Store {
         let mut out = Vec::new();
         for entry in self.roots.iter() {
             let (k, v) = entry.map_err(|e| self.err(e))?;
-            let arr: [u8; 4] = k.as_ref().try_into().unwrap_or([0; 4]);
-            out.push((
-                u32::from_be_bytes(arr),
-                PathBuf::from(String::from_utf8_lossy(&v).to_string()),
-            ));
+            let arr: [u8; 4] = k.as_ref().try_into().map_err(|_| IndexError::Corrupt {
+                what: "root id".into(),
+                message: format!("{} bytes, expected 4", k.len()),
+            })?;
+            out.push((u32::from_be_bytes(arr), RelPath::from_bytes(v.to_vec()).to_path()));
         }
         Ok(out)
     }
@@ -183,7 +189,7 @@ impl Store {
     }
 
     /// Looks an image up by root and relative path.
-    pub fn image_by_path(&self, root: u32, rel_path: &str) -> Result<Option<(u64, ImageRecord)>> {
+    pub fn image_by_path(&self, root: u32, rel_path: &RelPath) -> Result<Option<(u64, ImageRecord)>> {
         let Some(id) = self
             .paths
             .get(path_key(root, rel_path))
@@ -280,9 +286,9 @@ impl Store {
         let encoded: Vec<(u64, Vec<u8>)> = proposals
             .iter()
             .enumerate()
-            .map(|(rank, p)| (proposal_id(id, rank as u32), encode(p)))
-            .collect();
-        let image_bytes = encode(record);
+            .map(|(rank, p)| Ok((proposal_id(id, rank as u32), encode(p)?)))
+            .collect::<Result<_>>()?;
+        let image_bytes = encode(record)?;
         (&self.images, &self.paths, &self.hashes, &self.proposals)
             .transaction(|(images, paths, hashes, props)| -> TxResult<()> {
                 if let Some((old_id, old)) = replaces {
@@ -303,7 +309,7 @@ impl Store {
 
     /// Points an image at a new path (a moved or renamed file), keeping its id and proposals.
     pub fn move_image(&self, id: u64, old: &ImageRecord, new: &ImageRecord) -> Result<()> {
-        let bytes = encode(new);
+        let bytes = encode(new)?;
         (&self.images, &self.paths)
             .transaction(|(images, paths)| -> TxResult<()> {
                 paths.remove(path_key(old.root, &old.rel_path))?;
@@ -396,14 +402,14 @@ mod tests {
             .put_image(id, &rec, &[proposal(id), proposal(id)], None)
             .unwrap();
         assert_eq!(store.counts(), (1, 2));
-        assert_eq!(store.image_by_path(0, "a/cat.jpg").unwrap().unwrap().0, id);
+        assert_eq!(store.image_by_path(0, &"a/cat.jpg".into()).unwrap().unwrap().0, id);
         assert_eq!(store.images_with_hash(&[7; 32]).unwrap().len(), 1);
         assert_eq!(store.proposals_of(id).unwrap().len(), 2);
 
         let moved = record("b/cat.jpg", 2);
         store.move_image(id, &rec, &moved).unwrap();
-        assert!(store.image_by_path(0, "a/cat.jpg").unwrap().is_none());
-        assert_eq!(store.image_by_path(0, "b/cat.jpg").unwrap().unwrap().0, id);
+        assert!(store.image_by_path(0, &"a/cat.jpg".into()).unwrap().is_none());
+        assert_eq!(store.image_by_path(0, &"b/cat.jpg".into()).unwrap().unwrap().0, id);
 
         let id2 = store.new_image_id().unwrap();
         assert_ne!(id, id2);
@@ -416,7 +422,7 @@ mod tests {
             )
             .unwrap();
         assert_eq!(store.counts(), (1, 1));
-        assert_eq!(store.image_by_path(0, "b/cat.jpg").unwrap().unwrap().0, id2);
+        assert_eq!(store.image_by_path(0, &"b/cat.jpg".into()).unwrap().unwrap().0, id2);
 
         store.remove_image(id2, &record("b/cat.jpg", 1)).unwrap();
         assert_eq!(store.counts(), (0, 0));

@@ -39,8 +39,9 @@ pub struct HitPayload {
     pub image: u64,
     /// Archive root folder, as the indexing machine saw it.
     pub root: String,
-    /// Path relative to the root, with `/` separators.
-    pub path: String,
+    /// Path relative to the root, with `/` separators (a JSON string when it is UTF-8, as in
+    /// earlier versions; the array of its bytes otherwise).
+    pub path: crate::relpath::RelPath,
     /// Displayed image width.
     pub width: u32,
     /// Displayed image height.
@@ -95,14 +96,15 @@ pub trait VectorIndex: Send + Sync {
     /// The `k` live vectors of largest inner product with `query`, best first; `ef` is the
     /// search breadth (recall/speed trade-off).
     fn search(&self, query: &[f32], k: usize, ef: usize) -> Result<Vec<Neighbour>>;
-    /// Live vectors.
-    fn len(&self) -> usize;
+    /// Live vectors. An error (an unreachable server, a poisoned lock) is returned, never
+    /// reported as 0: callers use the count as a loop bound and in statistics.
+    fn len(&self) -> Result<usize>;
     /// True when no live vector is stored.
-    fn is_empty(&self) -> bool {
-        self.len() == 0
+    fn is_empty(&self) -> Result<bool> {
+        Ok(self.len()? == 0)
     }
     /// Deleted vectors still taking space (embedded engines that cannot delete).
-    fn tombstones(&self) -> usize;
+    fn tombstones(&self) -> Result<usize>;
     /// Every id the index holds, live or deleted (for reconciliation with the store).
     fn ids(&self) -> Result<HashSet<u64>>;
     /// Makes the current state durable.
@@ -401,8 +403,8 @@ impl HnswVectors {
     }
 
     /// Number of groups (bias × norm band), for stats.
-    pub fn groups(&self) -> usize {
-        self.read_lock().map(|s| s.groups.len()).unwrap_or(0)
+    pub fn groups(&self) -> Result<usize> {
+        Ok(self.read_lock()?.groups.len())
     }
 }
 
@@ -586,14 +588,13 @@ impl VectorIndex for HnswVectors {
         Ok(best)
     }
 
-    fn len(&self) -> usize {
-        self.read_lock()
-            .map(|s| s.ids.len() - s.deleted.len())
-            .unwrap_or(0)
+    fn len(&self) -> Result<usize> {
+        let state = self.read_lock()?;
+        Ok(state.ids.len() - state.deleted.len())
     }
 
-    fn tombstones(&self) -> usize {
-        self.read_lock().map(|s| s.deleted.len()).unwrap_or(0)
+    fn tombstones(&self) -> Result<usize> {
+        Ok(self.read_lock()?.deleted.len())
     }
 
     fn ids(&self) -> Result<HashSet<u64>> {
@@ -650,6 +651,7 @@ impl VectorIndex for HnswVectors {
             self.params.m,
             self.params.ef_construction,
             self.groups()
+                .map_or_else(|e| format!("unknown ({e})"), |n| n.to_string())
         )
     }
 }
@@ -704,7 +706,7 @@ mod tests {
         index.insert(&entries(&items[..500])).unwrap();
         index.insert(&entries(&items[500..])).unwrap(); // larger norms land in new norm bands
         index.insert(&entries(&items[..10])).unwrap(); // replays are ignored
-        assert_eq!(index.len(), 20_000);
+        assert_eq!(index.len().unwrap(), 20_000);
         let queries: Vec<Vec<f32>> = (0..20)
             .map(|_| (0..dim).map(|_| rng(&mut seed)).collect())
             .collect();
@@ -732,15 +734,18 @@ mod tests {
         drop(index);
 
         let reopened = HnswVectors::open(&dir, dim, HnswParams::default()).unwrap();
-        assert_eq!(reopened.len(), 19_999);
-        assert_eq!(reopened.tombstones(), 1);
+        assert_eq!(reopened.len().unwrap(), 19_999);
+        assert_eq!(reopened.tombstones().unwrap(), 1);
         assert!(reopened
             .search(&queries[0], 10, 100)
             .unwrap()
             .iter()
             .all(|n| n.id != top.id));
         reopened.compact().unwrap();
-        assert_eq!((reopened.len(), reopened.tombstones()), (19_999, 0));
+        assert_eq!(
+            (reopened.len().unwrap(), reopened.tombstones().unwrap()),
+            (19_999, 0)
+        );
         let _ = std::fs::remove_dir_all(&dir);
     }
 

@@ -5,6 +5,7 @@ use std::path::{Path, PathBuf};
 use globset::{Glob, GlobSet, GlobSetBuilder};
 
 use crate::error::{IndexError, Result};
+use crate::relpath::RelPath;
 
 /// Image file extensions indexed (case-insensitive).
 pub const IMAGE_EXTENSIONS: &[&str] = &[
@@ -39,8 +40,8 @@ pub struct WalkOptions {
 pub struct FoundFile {
     /// Absolute path.
     pub path: PathBuf,
-    /// Path relative to the root, `/`-separated.
-    pub rel_path: String,
+    /// Path relative to the root, `/`-separated, byte for byte.
+    pub rel_path: RelPath,
     /// Size in bytes.
     pub size: u64,
     /// Modification time, ns since the Unix epoch.
@@ -130,15 +131,12 @@ pub fn walk(root: &Path, options: &WalkOptions) -> Result<(Vec<FoundFile>, Vec<W
             continue;
         }
         let rel = entry.path().strip_prefix(root).unwrap_or(entry.path());
-        let rel_path = rel
-            .components()
-            .map(|c| c.as_os_str().to_string_lossy())
-            .collect::<Vec<_>>()
-            .join("/");
-        if include.as_ref().is_some_and(|g| !g.is_match(&rel_path)) {
+        let rel_path = RelPath::from_relative(rel);
+        let glob_path = rel_path.to_path();
+        if include.as_ref().is_some_and(|g| !g.is_match(&glob_path)) {
             continue;
         }
-        if exclude.as_ref().is_some_and(|g| g.is_match(&rel_path)) {
+        if exclude.as_ref().is_some_and(|g| g.is_match(&glob_path)) {
             continue;
         }
         match entry.metadata() {
@@ -179,7 +177,7 @@ mod tests {
             std::fs::write(&path, b"x").unwrap();
         }
         let (files, problems) = walk(&dir, &WalkOptions::default()).unwrap();
-        let rels: Vec<&str> = files.iter().map(|f| f.rel_path.as_str()).collect();
+        let rels: Vec<String> = files.iter().map(|f| f.rel_path.display()).collect();
         assert_eq!(rels, vec!["a/b/dog.png", "a/cat.JPG", "c d/é è.webp"]);
         assert!(problems.is_empty());
 
@@ -189,7 +187,7 @@ mod tests {
             ..Default::default()
         };
         let (files, _) = walk(&dir, &opts).unwrap();
-        let rels: Vec<&str> = files.iter().map(|f| f.rel_path.as_str()).collect();
+        let rels: Vec<String> = files.iter().map(|f| f.rel_path.display()).collect();
         assert_eq!(
             rels,
             vec![

@@ -53,6 +53,7 @@ pub fn run(args: &EvalArgs) -> Result<()> {
     let mut model = args.model.clone();
     model.model = index.meta().model.clone();
     let package = model.package()?;
+    index.check_model(&package)?;
     let text = TextTower::load(&package, &model.runtime())?;
     let scoring = Scoring::new(&package.manifest.scoring);
     let names: Vec<&str> = coco.categories.iter().map(|c| c.name.as_str()).collect();
@@ -76,11 +77,7 @@ pub fn run(args: &EvalArgs) -> Result<()> {
         let path = images_dir.join(&image.file_name);
         let found = roots.iter().find_map(|(id, root)| {
             let rel = path.strip_prefix(root).ok()?;
-            let rel = rel
-                .components()
-                .map(|c| c.as_os_str().to_string_lossy())
-                .collect::<Vec<_>>()
-                .join("/");
+            let rel = spotter_indexer::RelPath::from_relative(rel);
             index.store().image_by_path(*id, &rel).ok().flatten()
         });
         let truth: Vec<(u64, [f32; 4])> = coco

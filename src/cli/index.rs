@@ -131,7 +131,7 @@ pub fn run(args: &IndexArgs) -> Result<()> {
             "{} searches {} ({} vectors); serve it with: spotter serve --index {}",
             args.index.display(),
             index.backend().vectors,
-            index.vectors().len(),
+            index.vectors().len()?,
             args.index.display()
         );
         return Ok(());
@@ -297,11 +297,11 @@ pub struct CompactArgs {
 /// Runs `spotter compact`.
 pub fn compact(args: &CompactArgs) -> Result<()> {
     let index = Index::open(&args.index)?;
-    let before = index.vectors().tombstones();
+    let before = index.vectors().tombstones()?;
     index.compact()?;
     println!(
         "dropped {before} deleted vectors; {} live",
-        index.vectors().len()
+        index.vectors().len()?
     );
     Ok(())
 }

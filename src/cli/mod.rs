@@ -159,6 +159,26 @@ pub fn print_json<T: serde::Serialize>(value: &T) {
     );
 }
 
+/// Text safe to print on a terminal: control characters (line breaks, escape sequences from
+/// file names) are escaped as Rust does (`\n`, `\u{1b}`); other Unicode is kept.
+pub fn terminal_safe(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        if c.is_control() {
+            out.extend(c.escape_debug());
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+/// A path safe to print on a terminal: bytes that are not UTF-8 as `\xNN`, control characters
+/// escaped (see [`terminal_safe`]).
+pub fn terminal_path(path: &std::path::Path) -> String {
+    terminal_safe(&spotter_indexer::relpath::display_path(path))
+}
+
 /// Runs a parsed command line.
 pub fn run(cli: Cli) -> Result<()> {
     match cli.command {

@@ -72,25 +72,28 @@ pub fn run(args: &SearchArgs) -> Result<()> {
     };
     let result = engine.search(&query, &params)?;
     for hit in &result.hits {
+        // The full path for people: bytes that are not UTF-8 as `\xNN` (lossless, unlike
+        // `to_string_lossy`); the text output also escapes control characters.
         let path = match index.image_info(hit.image)? {
-            Some(info) => info.path,
-            None => PathBuf::from(&hit.path),
+            Some(info) => spotter_indexer::relpath::display_path(&info.path),
+            None => hit.path.clone(),
         };
         let b = hit.bbox;
         if args.json {
-            let mut line = serde_json::to_value(hit).unwrap_or_default();
-            line["path"] = serde_json::json!(path);
+            let mut line = serde_json::to_value(hit)
+                .map_err(|e| SpotterError::Usage(format!("cannot print a hit as JSON: {e}")))?;
+            line["path"] = serde_json::Value::String(path);
             println!("{line}");
         } else {
             println!(
                 "{:.3}  {}  ({:.0}, {:.0}, {:.0}, {:.0})  {}",
                 hit.score,
-                path.display(),
+                super::terminal_safe(&path),
                 b[0],
                 b[1],
                 b[2],
                 b[3],
-                hit.concept
+                super::terminal_safe(&hit.concept)
             );
         }
     }
