@@ -549,3 +549,37 @@ fn tokens_work_in_every_form_and_hosts_are_checked_without_one() {
         assert_eq!(host_get(&bad), 421, "{bad}");
     }
 }
+
+#[test]
+fn non_utf8_file_names_are_served_by_id() {
+    use std::os::unix::ffi::OsStrExt;
+    let dir = scratch("hardening_non_utf8");
+    let archive = dir.join("photos");
+    std::fs::create_dir_all(&archive).unwrap();
+    let a = archive.join(std::ffi::OsStr::from_bytes(b"\xff\xfe.png"));
+    let b = archive.join(std::ffi::OsStr::from_bytes(b"\xfe\xff.png"));
+    std::fs::copy(sample("chelsea.png"), &a).unwrap();
+    std::fs::copy(sample("coffee.png"), &b).unwrap();
+    let index = dir.join("index");
+    run_ok(&mut index_command(&archive, &index));
+    let server = start(&index, &[]);
+    let (status, body) = json(&server.base, "/api/search?q=thing&k=100&threshold=0&group=images");
+    assert_eq!(status, 200, "{body}");
+    let mut served: Vec<Vec<u8>> = body["images"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| {
+            let id = id_of(&i["image"]);
+            let (status, _, bytes) = get(&server.base, &format!("/api/images/{id}"), &[]);
+            assert_eq!(status, 200, "original of {id}");
+            let (status, _, _) = get(&server.base, &format!("/api/thumbs/{id}"), &[]);
+            assert_eq!(status, 200, "thumbnail of {id}");
+            bytes
+        })
+        .collect();
+    let mut want = vec![std::fs::read(&a).unwrap(), std::fs::read(&b).unwrap()];
+    served.sort();
+    want.sort();
+    assert_eq!(served, want, "both files, each served as itself");
+}
