@@ -20,6 +20,12 @@ const CACHE_CAPACITY: usize = 4096;
 /// Largest page size.
 pub const MAX_K: usize = 1000;
 
+/// Ids are 64-bit (shard bits above 2^36, proposal ranks below 2^16), past the 2^53 that a
+/// JavaScript number holds exactly, so JSON carries them as decimal strings.
+fn id_as_string<S: serde::Serializer>(id: &u64, s: S) -> std::result::Result<S::Ok, S::Error> {
+    s.collect_str(id)
+}
+
 /// Optional restrictions on hits.
 #[derive(Debug, Clone, Default)]
 pub struct Filters {
@@ -57,14 +63,49 @@ pub struct SearchParams {
     pub ef: Option<usize>,
     /// Restrictions.
     pub filters: Filters,
+    /// Stops the search between steps once cancelled (the server cancels a request that timed
+    /// out or whose client went away, so its work does not go on in the background).
+    pub cancel: Cancel,
+}
+
+/// A cancellation flag shared between a request and the work it started.
+#[derive(Debug, Clone, Default)]
+pub struct Cancel(Arc<std::sync::atomic::AtomicBool>);
+
+impl Cancel {
+    /// A flag that is not cancelled.
+    pub fn new() -> Self {
+        Cancel::default()
+    }
+
+    /// Cancels the work.
+    pub fn cancel(&self) {
+        self.0.store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    /// True once cancelled.
+    pub fn is_cancelled(&self) -> bool {
+        self.0.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// `Err(SpotterError::Cancelled)` once cancelled.
+    pub fn check(&self) -> Result<()> {
+        if self.is_cancelled() {
+            Err(SpotterError::Cancelled)
+        } else {
+            Ok(())
+        }
+    }
 }
 
 /// One matching object.
 #[derive(Debug, Clone, Serialize)]
 pub struct ObjectHit {
-    /// Proposal id (for "more like this").
+    /// Proposal id (for "more like this"); a decimal string in JSON, since ids pass 2^53.
+    #[serde(serialize_with = "id_as_string")]
     pub proposal: u64,
-    /// Image id (for `/api/images/{id}` and thumbnails).
+    /// Image id (for `/api/images/{id}` and thumbnails); a decimal string in JSON.
+    #[serde(serialize_with = "id_as_string")]
     pub image: u64,
     /// The model's probability for the best-matching concept.
     pub score: f32,
@@ -115,7 +156,8 @@ pub struct SearchResult {
 /// An image with all its matching boxes.
 #[derive(Debug, Clone, Serialize)]
 pub struct ImageHit {
-    /// Image id.
+    /// Image id; a decimal string in JSON.
+    #[serde(serialize_with = "id_as_string")]
     pub image: u64,
     /// Its best hit's score.
     pub score: f32,
@@ -228,7 +270,7 @@ impl SearchEngine {
         self.cache.get_or_compute(concept, || {
             let t = self.text.embed_queries(&[concept])?;
             let first = t.first().ok_or_else(|| {
-                SpotterError::Usage(format!("the text tower returned nothing for {concept:?}"))
+                SpotterError::Internal(format!("the text tower returned nothing for {concept:?}"))
             })?;
             Ok(self.scoring.query_vector(first))
         })
@@ -245,12 +287,14 @@ impl SearchEngine {
         let mut uncached = false;
         let mut positives = Vec::new();
         for c in &query.positives {
+            params.cancel.check()?;
             let (v, hit) = self.query_vector(&c.text)?;
             uncached |= !hit;
             positives.push((c.text.clone(), c.weight, v));
         }
         let mut negatives = Vec::new();
         for n in &query.negatives {
+            params.cancel.check()?;
             let (v, hit) = self.query_vector(n)?;
             uncached |= !hit;
             negatives.push(v);
@@ -289,6 +333,7 @@ impl SearchEngine {
         object_params.offset = 0;
         object_params.k = ((params.offset + params.k + 1) * 4).max(64);
         loop {
+            params.cancel.check()?;
             let result = self.search(query, &object_params)?;
             let complete = result.next_offset.is_none();
             let ImageResult {
@@ -337,6 +382,7 @@ impl SearchEngine {
             let mut candidates: Vec<u64> = Vec::new();
             let mut exhausted = true;
             for (_, _, q) in positives {
+                params.cancel.check()?;
                 let ef = params.ef.unwrap_or(0).max(fetch);
                 let found = self.index.vectors().search(q, fetch, ef)?;
                 // More could exist only if the page was full and its last hit still passes.

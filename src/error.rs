@@ -20,6 +20,15 @@ pub enum SpotterError {
     /// Bad command-line or request input.
     #[error("{0}")]
     Usage(String),
+    /// A request was cancelled (it timed out or its client went away).
+    #[error("the request was cancelled: it took longer than the server's request timeout")]
+    Cancelled,
+    /// The server is at its limit of concurrent work of this kind; retry shortly.
+    #[error("{0}")]
+    Busy(String),
+    /// Something inside Spotter failed that the caller could not have caused.
+    #[error("internal error: {0}")]
+    Internal(String),
     /// An id that does not exist.
     #[error("{0}")]
     NotFound(String),

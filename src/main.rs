@@ -3,13 +3,17 @@ use spotter::cli::{run, Cli};
 use tracing_subscriber::EnvFilter;
 
 fn main() {
-    // Die quietly on a closed pipe (`spotter search cat | head`) like other Unix tools.
-    #[cfg(unix)]
-    // SAFETY: restoring the default SIGPIPE disposition before any thread starts.
-    unsafe {
-        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
-    }
     let cli = Cli::parse();
+    // Die quietly on a closed pipe (`spotter search cat | head`) like other Unix tools — except
+    // the server, where a client closing its socket early must be an error on that connection
+    // only (Rust ignores SIGPIPE by default, so writes to a closed socket return EPIPE).
+    #[cfg(unix)]
+    if !cli.command.is_server() {
+        // SAFETY: restoring the default SIGPIPE disposition before any thread starts.
+        unsafe {
+            libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+        }
+    }
     let default_level = match cli.verbose {
         0 => "info",
         1 => "debug",

@@ -367,7 +367,7 @@ fn the_server_answers_from_a_search_only_folder() {
         top["path"].as_str().unwrap().ends_with("chelsea.png"),
         "{result}"
     );
-    let image = top["image"].as_u64().unwrap();
+    let image = top["image"].as_str().unwrap().parse::<u64>().unwrap();
     let (status, _, bytes) = get(&server.base, &format!("/api/images/{image}"), &[]);
     assert_eq!(status, 200);
     let file = archive.join(top["path"].as_str().unwrap());
@@ -375,7 +375,10 @@ fn the_server_answers_from_a_search_only_folder() {
     let (status, head, _) = get(&server.base, &format!("/api/thumbs/{image}"), &[]);
     assert_eq!(status, 200);
     assert!(head.to_ascii_lowercase().contains("image/jpeg"), "{head}");
-    let (status, similar) = json(&server.base, &format!("/api/similar/{}", top["proposal"]));
+    let (status, similar) = json(
+        &server.base,
+        &format!("/api/similar/{}", top["proposal"].as_str().unwrap()),
+    );
     assert_eq!(status, 200, "{similar}");
     assert!(
         similar["hits"].as_array().is_some_and(|h| !h.is_empty()),

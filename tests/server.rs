@@ -128,17 +128,17 @@ fn api_answers_queries_and_explains_every_bad_request() {
     );
 
     // More like this.
-    let proposal = top["proposal"].as_u64().unwrap();
+    let proposal = top["proposal"].as_str().unwrap().parse::<u64>().unwrap();
     let (status, similar) = json(base, &format!("/api/similar/{proposal}?k=3"));
     assert_eq!(status, 200);
     assert!(similar["hits"]
         .as_array()
         .unwrap()
         .iter()
-        .all(|h| h["proposal"].as_u64() != Some(proposal)));
+        .all(|h| h["proposal"].as_str() != Some(proposal.to_string().as_str())));
 
     // Originals and thumbnails by id only.
-    let image = top["image"].as_u64().unwrap();
+    let image = top["image"].as_str().unwrap().parse::<u64>().unwrap();
     let (status, head, body) = get(base, &format!("/api/images/{image}"), &[]);
     assert_eq!(status, 200);
     assert!(head

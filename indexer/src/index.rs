@@ -58,6 +58,10 @@ pub struct ImageInfo {
     pub width: u32,
     /// Displayed height.
     pub height: u32,
+    /// File size in bytes when indexed (unknown for a shared engine's payloads).
+    pub size: Option<u64>,
+    /// BLAKE3 of the file's bytes when indexed (unknown for a shared engine's payloads).
+    pub hash: Option<[u8; 32]>,
 }
 
 /// Something the last run of an archive root could not walk, kept until that root's next run.
@@ -558,6 +562,8 @@ impl Index {
                 rel_path: record.rel_path,
                 width: record.width,
                 height: record.height,
+                size: Some(record.size),
+                hash: Some(record.hash),
             }));
         }
         let Some(payload) = self.vectors.image_payload(id)? else {
@@ -570,6 +576,8 @@ impl Index {
             rel_path: payload.path,
             width: payload.width,
             height: payload.height,
+            size: None,
+            hash: None,
         }))
     }
 

@@ -14,7 +14,7 @@ use crossbeam_channel::{bounded, Receiver, RecvTimeoutError, Sender};
 use rayon::prelude::*;
 use serde::Serialize;
 use spotter_model::{
-    decode_bytes, DecodeLimits, ImageTower, PreparedImage, Proposal, ProposalParams,
+    DecodeLimits, ImageFile, ImageTower, ModelError, PreparedImage, Proposal, ProposalParams,
 };
 
 use crate::error::{IndexError, Result};
@@ -176,6 +176,8 @@ enum Prepared {
     Touched {
         item: WorkItem,
     },
+    /// The index itself failed while preparing (the run stops with this error).
+    Broken(IndexError),
 }
 
 enum Written {
@@ -491,9 +493,18 @@ fn prepare(
         file: item.file.clone(),
         previous: item.previous.clone(),
     };
-    let bytes = match std::fs::read(&item.file.path) {
-        Ok(b) => b,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Prepared::Vanished { item },
+    // Opened without blocking and checked to be a regular file: a FIFO, a device or (without
+    // --follow-symlinks) a symbolic link swapped in since the walk is refused, not waited on.
+    let opened =
+        ImageFile::open(&item.file.path, request.walk.follow_symlinks).and_then(|mut f| {
+            let hash = f.hash()?;
+            Ok((f, hash))
+        });
+    let (mut file, hash) = match opened {
+        Ok(opened) => opened,
+        Err(ModelError::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => {
+            return Prepared::Vanished { item }
+        }
         Err(e) => {
             return Prepared::Failed {
                 item,
@@ -502,30 +513,38 @@ fn prepare(
             }
         }
     };
-    let hash: [u8; 32] = *blake3::hash(&bytes).as_bytes();
     // A moved or renamed file: same content as a record whose file is gone.
-    if let Ok(mut map) = missing.lock() {
-        if let Some(list) = map.get_mut(&hash) {
-            if let Some(from) = list.pop() {
-                if list.is_empty() {
-                    map.remove(&hash);
+    match missing.lock() {
+        Ok(mut map) => {
+            if let Some(list) = map.get_mut(&hash) {
+                if let Some(from) = list.pop() {
+                    if list.is_empty() {
+                        map.remove(&hash);
+                    }
+                    return Prepared::Moved { item, hash, from };
                 }
-                return Prepared::Moved { item, hash, from };
             }
+        }
+        Err(_) => {
+            return Prepared::Broken(IndexError::Invalid(
+                "the list of missing files is poisoned (a worker panicked)".into(),
+            ))
         }
     }
     // A copy of an indexed file.
-    if let Ok(same) = index.store().images_with_hash(&hash) {
-        let previous_id = item.previous.as_ref().map(|(id, _)| *id);
-        if let Some((source, _)) = same
-            .into_iter()
-            .find(|(id, r)| r.status == ImageStatus::Indexed && Some(*id) != previous_id)
-        {
-            return Prepared::Copied { item, hash, source };
-        }
+    let same = match index.store().images_with_hash(&hash) {
+        Ok(same) => same,
+        Err(e) => return Prepared::Broken(e),
+    };
+    let previous_id = item.previous.as_ref().map(|(id, _)| *id);
+    if let Some((source, _)) = same
+        .into_iter()
+        .find(|(id, r)| r.status == ImageStatus::Indexed && Some(*id) != previous_id)
+    {
+        return Prepared::Copied { item, hash, source };
     }
-    let image = match decode_bytes(&bytes, request.limits) {
-        Ok(img) => img,
+    let (image, _reserved) = match file.decode(request.limits) {
+        Ok(decoded) => decoded,
         Err(e) => {
             return Prepared::Failed {
                 item,
@@ -534,7 +553,7 @@ fn prepare(
             }
         }
     };
-    drop(bytes);
+    drop(file);
     match tower.prepare(&image) {
         Ok(image) => Prepared::Model { item, hash, image },
         Err(e) => Prepared::Failed {
@@ -791,6 +810,7 @@ fn write_all(
                 report.touched += 1;
                 (item.file.path, 0, false)
             }
+            Written::Other(Prepared::Broken(e)) => return Err(e),
             Written::Other(Prepared::Model { .. }) => unreachable!("model work is never forwarded"),
         };
         progress.file_done(&path, added, failed);

@@ -67,6 +67,15 @@ pub enum ModelError {
         /// The configured limit in pixels.
         limit: u64,
     },
+    /// A path that should be an image file is something else (a FIFO, a device, a folder, a
+    /// symbolic link where none is followed).
+    #[error("{path} is {kind}, not a regular image file: skipped")]
+    NotAFile {
+        /// The path.
+        path: PathBuf,
+        /// What it is.
+        kind: &'static str,
+    },
     /// Invalid argument from the caller.
     #[error("{0}")]
     Invalid(String),

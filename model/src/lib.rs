@@ -21,6 +21,7 @@
 //! ```
 
 pub mod error;
+pub mod file;
 pub mod image_tower;
 pub mod manifest;
 pub mod postprocess;
@@ -33,6 +34,7 @@ pub mod text_tower;
 use std::path::PathBuf;
 
 pub use error::{ModelError, Result};
+pub use file::{DecodeBudget, FileIdentity, ImageFile, DEFAULT_DECODE_BUDGET};
 pub use image_tower::{ImageTower, PreparedImage, Proposal, RawOutputs};
 pub use manifest::{Manifest, ModelPackage};
 pub use postprocess::ProposalParams;

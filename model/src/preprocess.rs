@@ -28,22 +28,38 @@ impl Default for DecodeLimits {
     }
 }
 
-/// Decodes an image file; see [`decode_bytes`].
+/// Decodes an image file; see [`decode_bytes`]. The file is opened with
+/// [`crate::ImageFile::open`] (never blocking, regular files only; symbolic links followed).
 pub fn decode_file(path: &Path, limits: DecodeLimits) -> Result<RgbImage> {
-    let bytes = std::fs::read(path).map_err(|source| ModelError::Io {
-        path: path.to_path_buf(),
-        source,
-    })?;
-    decode_bytes(&bytes, limits)
+    crate::file::ImageFile::open(path, true)?
+        .decode(limits)
+        .map(|(image, _reserved)| image)
 }
 
 /// Decodes encoded image bytes to 8-bit RGB in displayed orientation (EXIF applied).
 ///
 /// 16-bit, grey, CMYK and alpha images are converted to 8-bit RGB (alpha is dropped, as
 /// Pillow's `convert("RGB")` does). The first frame of an animation is used. Images over
-/// `limits.max_pixels` are refused from their header, before decoding.
+/// `limits.max_pixels` are refused from their header, before decoding. The pixels are decoded
+/// under the process-wide [`crate::DecodeBudget`].
 pub fn decode_bytes(bytes: &[u8], limits: DecodeLimits) -> Result<RgbImage> {
-    let reader = ImageReader::new(Cursor::new(bytes))
+    decode_reader(Cursor::new(bytes), limits).map(|(image, _reserved)| image)
+}
+
+/// Estimated peak bytes of decoding a `width × height` image whose decoder produces
+/// `bytes_per_pixel`: the decoded buffer, a rotated copy, and the 8-bit RGB result.
+pub fn decode_cost(width: u32, height: u32, bytes_per_pixel: u8) -> u64 {
+    let pixels = u64::from(width) * u64::from(height);
+    pixels.saturating_mul(2 * u64::from(bytes_per_pixel) + 3)
+}
+
+/// [`decode_bytes`] over any seekable buffered reader; the result comes with its share of the
+/// decode budget, held until the caller drops it.
+pub(crate) fn decode_reader<R: std::io::BufRead + std::io::Seek>(
+    source: R,
+    limits: DecodeLimits,
+) -> Result<(RgbImage, crate::file::BudgetGuard)> {
+    let reader = ImageReader::new(source)
         .with_guessed_format()
         .map_err(|e| ModelError::Decode(e.to_string()))?;
     if reader.format().is_none() {
@@ -72,16 +88,19 @@ pub fn decode_bytes(bytes: &[u8], limits: DecodeLimits) -> Result<RgbImage> {
             "image has no pixels ({width}x{height})"
         )));
     }
+    let cost = decode_cost(width, height, decoder.color_type().bytes_per_pixel());
+    let reserved = crate::file::DecodeBudget::global().reserve(cost)?;
     let orientation = decoder
         .orientation()
         .unwrap_or(image::metadata::Orientation::NoTransforms);
     let mut image =
         DynamicImage::from_decoder(decoder).map_err(|e| ModelError::Decode(e.to_string()))?;
     image.apply_orientation(orientation);
-    Ok(match image {
+    let rgb = match image {
         DynamicImage::ImageRgb8(rgb) => rgb,
         other => other.to_rgb8(),
-    })
+    };
+    Ok((rgb, reserved))
 }
 
 /// How an original image maps into the letterboxed input, to map boxes back.

@@ -51,6 +51,10 @@ pub struct IndexArgs {
     /// Refuse images with more pixels than this (decompression-bomb guard).
     #[arg(long, default_value_t = spotter_model::preprocess::DEFAULT_MAX_PIXELS)]
     pub max_pixels: u64,
+    /// Memory for decoded pixels shared by all decoding threads, in MiB (a decode waits for
+    /// room; one image larger than this still decodes, alone).
+    #[arg(long, default_value_t = spotter_model::DEFAULT_DECODE_BUDGET >> 20)]
+    pub decode_memory: u64,
     /// Retry files that failed before even if they did not change.
     #[arg(long)]
     pub retry_failed: bool,
@@ -155,6 +159,7 @@ pub fn run(args: &IndexArgs) -> Result<()> {
     };
     let index = Index::open_for_model(&args.index, &package, &settings)?;
     let tower = ImageTower::load(&package, &args.model.runtime())?;
+    spotter_model::DecodeBudget::global().set_capacity(args.decode_memory.saturating_mul(1 << 20));
     let params = args.proposals.params(&package);
     let request = IndexRequest {
         roots: args.archives.clone(),

@@ -75,6 +75,13 @@ pub enum Command {
     Models(models::ModelsArgs),
 }
 
+impl Command {
+    /// True for commands that run the HTTP server.
+    pub fn is_server(&self) -> bool {
+        matches!(self, Command::Serve(_))
+    }
+}
+
 /// Options shared by every command that loads a model.
 #[derive(Debug, Clone, Args)]
 pub struct ModelArgs {

@@ -68,6 +68,7 @@ pub fn run(args: &SearchArgs) -> Result<()> {
             path_prefix: args.path.clone(),
             ..Default::default()
         },
+        cancel: crate::engine::Cancel::new(),
     };
     let result = engine.search(&query, &params)?;
     for hit in &result.hits {

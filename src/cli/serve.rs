@@ -24,18 +24,42 @@ pub struct ServeArgs {
     /// Address to listen on; the default only accepts connections from this machine.
     #[arg(long, default_value = "127.0.0.1:7878")]
     pub addr: SocketAddr,
-    /// Require this bearer token on every request (also accepted as ?token=).
-    #[arg(long, env = "SPOTTER_TOKEN")]
+    /// Require this bearer token on every request (also accepted as ?token=). A token on the
+    /// command line is visible to every local user in `ps`: prefer --token-file or the
+    /// SPOTTER_TOKEN environment variable.
+    #[arg(long, conflicts_with = "token_file")]
     pub token: Option<String>,
+    /// Read the bearer token from this file (first line; keep it readable only by you).
+    #[arg(long, value_name = "FILE")]
+    pub token_file: Option<PathBuf>,
+    /// Without a token, also answer requests whose Host header names NAME (repeatable); by
+    /// default only localhost names and the listening address are answered, which keeps web
+    /// pages elsewhere from reaching the server through DNS rebinding.
+    #[arg(long = "allow-host", value_name = "NAME")]
+    pub allowed_hosts: Vec<String>,
     /// Archives to index in the background while serving (the index grows as you search).
     #[arg(long = "archive", value_name = "DIR")]
     pub archives: Vec<PathBuf>,
     /// Re-scan the archives every N minutes (0: once at start).
     #[arg(long, default_value_t = 0)]
     pub rescan_minutes: u64,
-    /// Longest time a request may take, in seconds.
+    /// Longest time a request may take, in seconds (its work is stopped then).
     #[arg(long, default_value_t = 30)]
     pub request_timeout: u64,
+    /// Longest time a client may take to send a request's headers, in seconds; idle
+    /// keep-alive connections are closed after it too.
+    #[arg(long, default_value_t = 10)]
+    pub header_timeout: u64,
+    /// Most connections served at once.
+    #[arg(long, default_value_t = 1024)]
+    pub max_connections: usize,
+    /// Largest image (width × height) decoded for a thumbnail or by background indexing.
+    #[arg(long, default_value_t = spotter_model::preprocess::DEFAULT_MAX_PIXELS)]
+    pub max_pixels: u64,
+    /// Memory for decoded pixels shared by all concurrent decodes, in MiB (one image larger
+    /// than this still decodes, alone).
+    #[arg(long, default_value_t = spotter_model::DEFAULT_DECODE_BUDGET >> 20)]
+    pub decode_memory: u64,
     /// Longest side of thumbnails in pixels.
     #[arg(long, default_value_t = 320)]
     pub thumb_size: u32,
@@ -46,8 +70,37 @@ pub struct ServeArgs {
     pub model: ModelArgs,
 }
 
+/// The token from `--token`, `--token-file` or `SPOTTER_TOKEN` (empty means none).
+fn token_of(args: &ServeArgs) -> Result<Option<String>> {
+    let token = if let Some(path) = &args.token_file {
+        let text = std::fs::read_to_string(path).map_err(|source| SpotterError::Io {
+            path: path.clone(),
+            source,
+        })?;
+        let token = text.lines().next().unwrap_or("").trim().to_string();
+        if token.is_empty() {
+            return Err(SpotterError::Usage(format!(
+                "the token file {} is empty: write the token on its first line",
+                path.display()
+            )));
+        }
+        Some(token)
+    } else if let Some(token) = &args.token {
+        tracing::warn!("a token given with --token is visible to other local users (ps); prefer --token-file FILE or SPOTTER_TOKEN");
+        Some(token.clone())
+    } else {
+        std::env::var("SPOTTER_TOKEN").ok()
+    };
+    Ok(token.filter(|t| !t.trim().is_empty()))
+}
+
 /// Runs `spotter serve`.
 pub fn run(args: &ServeArgs) -> Result<()> {
+    let token = token_of(args)?;
+    spotter_model::DecodeBudget::global().set_capacity(args.decode_memory.saturating_mul(1 << 20));
+    let limits = spotter_model::DecodeLimits {
+        max_pixels: args.max_pixels,
+    };
     let mut model = args.model.clone();
     let index = if args.archives.is_empty() {
         Arc::new(Index::open(&args.index)?)
@@ -77,6 +130,7 @@ pub fn run(args: &ServeArgs) -> Result<()> {
             ProposalParams::from(&package.manifest.proposals),
         );
         request.batch = tower.fixed_batch().unwrap_or(request.batch);
+        request.limits = limits;
         let every = Duration::from_secs(args.rescan_minutes * 60);
         std::thread::Builder::new()
             .name("spotter-indexer".into())
@@ -103,15 +157,21 @@ pub fn run(args: &ServeArgs) -> Result<()> {
                 }
                 std::thread::sleep(every);
             })
-            .map_err(|e| SpotterError::Usage(format!("cannot start the indexing thread: {e}")))?;
+            .map_err(|e| {
+                SpotterError::Internal(format!("cannot start the indexing thread: {e}"))
+            })?;
     }
 
     let config = ServerConfig {
         addr: args.addr,
-        token: args.token.clone().filter(|t| !t.is_empty()),
+        token,
+        allowed_hosts: args.allowed_hosts.clone(),
         request_timeout: Duration::from_secs(args.request_timeout.max(1)),
+        header_timeout: Duration::from_secs(args.header_timeout.max(1)),
+        max_connections: args.max_connections,
         thumb_size: args.thumb_size,
         thumb_cache_entries: args.thumb_cache,
+        decode_limits: limits,
     };
     if !config.addr.ip().is_loopback() && config.token.is_none() {
         tracing::warn!("listening on {} without --token: anyone who can reach this address can search and download your images", config.addr);
@@ -119,6 +179,9 @@ pub fn run(args: &ServeArgs) -> Result<()> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
-        .map_err(|e| SpotterError::Usage(format!("cannot start the server runtime: {e}")))?;
-    runtime.block_on(serve(engine, config))
+        .map_err(|e| SpotterError::Internal(format!("cannot start the server runtime: {e}")))?;
+    let result = runtime.block_on(serve(engine, config));
+    // Work stuck in the blocking pool (a hung network mount) must not keep the process alive.
+    runtime.shutdown_timeout(Duration::from_secs(1));
+    result
 }

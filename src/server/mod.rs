@@ -1,23 +1,34 @@
 //! The HTTP server: JSON API over the search engine, thumbnails, originals by id, and the
-//! embedded web page. Every route answers errors as JSON `{"error": "..."}`.
+//! embedded web page. Every error is answered as JSON `{"error": "..."}`; every response carries
+//! security headers. Connections are served by hyper directly (not `axum::serve`) so that slow
+//! or stalled clients are cut off by a header-read timeout and a connection limit, and a stop
+//! (Ctrl-C, SIGTERM) ends within a bounded time.
 
+mod files;
 mod params;
+mod protect;
 mod thumbs;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::extract::{Path, Query, Request, State};
-use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
-use axum::middleware::{self, Next};
+use axum::body::Body;
+use axum::extract::{Path, Query, State};
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::middleware;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
-use axum::{Json, Router};
+use axum::{Extension, Json, Router};
+use hyper_util::rt::{TokioIo, TokioTimer};
+use spotter_model::DecodeLimits;
+use tokio::sync::Semaphore;
 
-use crate::engine::SearchEngine;
+use crate::engine::{Cancel, SearchEngine};
 use crate::error::SpotterError;
+use files::VerifiedFiles;
 use params::{parse_search, RawParams};
+pub use protect::HostPolicy;
 use thumbs::ThumbCache;
 
 /// Server settings.
@@ -27,18 +38,37 @@ pub struct ServerConfig {
     pub addr: SocketAddr,
     /// Bearer token required on every route when set.
     pub token: Option<String>,
-    /// Longest a request may take.
+    /// Extra host names a server without a token answers for (besides localhost names and its
+    /// own address).
+    pub allowed_hosts: Vec<String>,
+    /// Longest a request may take; its work is cancelled then.
     pub request_timeout: Duration,
-    /// Longest thumbnail side in pixels.
+    /// Longest a client may take to send a request's headers (also the idle keep-alive limit).
+    pub header_timeout: Duration,
+    /// Most connections served at once (more wait in the kernel's backlog).
+    pub max_connections: usize,
+    /// Longest side of thumbnails in pixels.
     pub thumb_size: u32,
     /// Thumbnails kept in memory.
     pub thumb_cache_entries: usize,
+    /// Decoder limits for thumbnails.
+    pub decode_limits: DecodeLimits,
 }
+
+/// Most file operations (originals, thumbnails) running at once; more requests wait (bounded by
+/// the request timeout), so a stalled disk can hold at most this many blocking threads.
+const MAX_FILE_WORK: usize = 32;
+/// How long a stop waits for requests in flight before the process exits anyway.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 
 struct AppState {
     engine: Arc<SearchEngine>,
     token: Option<String>,
+    hosts: Option<HostPolicy>,
+    request_timeout: Duration,
     thumbs: ThumbCache,
+    files: VerifiedFiles,
+    file_work: Arc<Semaphore>,
 }
 
 /// A JSON error response.
@@ -55,8 +85,13 @@ impl From<SpotterError> for ApiError {
         let status = match &e {
             SpotterError::Usage(_) => StatusCode::BAD_REQUEST,
             SpotterError::NotFound(_) => StatusCode::NOT_FOUND,
+            SpotterError::Cancelled => StatusCode::REQUEST_TIMEOUT,
+            SpotterError::Busy(_) => StatusCode::SERVICE_UNAVAILABLE,
             _ => StatusCode::INTERNAL_SERVER_ERROR,
         };
+        if status == StatusCode::INTERNAL_SERVER_ERROR {
+            tracing::error!(error = %e, "request failed");
+        }
         ApiError(status, e.to_string())
     }
 }
@@ -77,12 +112,49 @@ async fn blocking<T: Send + 'static>(
         .map_err(ApiError::from)
 }
 
+/// Runs file work (opening, hashing, decoding) on the blocking pool under the file-work limit;
+/// the permit is held until the work ends, even if the request has gone.
+async fn file_work<T: Send + 'static>(
+    state: &AppState,
+    f: impl FnOnce() -> crate::error::Result<T> + Send + 'static,
+) -> ApiResult<T> {
+    let permit =
+        state.file_work.clone().acquire_owned().await.map_err(|_| {
+            ApiError::from(SpotterError::Busy("the server is shutting down".into()))
+        })?;
+    blocking(move || {
+        let _permit = permit;
+        f()
+    })
+    .await
+}
+
+fn to_json<T: serde::Serialize>(value: &T) -> crate::error::Result<serde_json::Value> {
+    serde_json::to_value(value)
+        .map_err(|e| SpotterError::Internal(format!("cannot encode the answer as JSON: {e}")))
+}
+
 /// Builds the router (public for tests that drive it in-process).
 pub fn router(engine: Arc<SearchEngine>, config: &ServerConfig) -> Router {
     let state = Arc::new(AppState {
         engine,
         token: config.token.clone(),
-        thumbs: ThumbCache::new(config.thumb_size, config.thumb_cache_entries),
+        hosts: Some(HostPolicy {
+            bound: config.addr.ip(),
+            names: config
+                .allowed_hosts
+                .iter()
+                .map(|h| h.trim().trim_end_matches('.').to_ascii_lowercase())
+                .collect(),
+        }),
+        request_timeout: config.request_timeout,
+        thumbs: ThumbCache::new(
+            config.thumb_size,
+            config.thumb_cache_entries,
+            config.decode_limits,
+        ),
+        files: VerifiedFiles::new(config.thumb_cache_entries.max(1024)),
+        file_work: Arc::new(Semaphore::new(MAX_FILE_WORK)),
     });
     Router::new()
         .route("/", get(page_html))
@@ -95,16 +167,26 @@ pub fn router(engine: Arc<SearchEngine>, config: &ServerConfig) -> Router {
         .route("/api/images/{id}", get(original))
         .route("/api/thumbs/{id}", get(thumbnail))
         .fallback(not_found)
-        .layer(middleware::from_fn_with_state(state.clone(), authorize))
-        .layer(tower_http::timeout::TimeoutLayer::with_status_code(
-            StatusCode::REQUEST_TIMEOUT,
-            config.request_timeout,
+        .layer(middleware::from_fn_with_state(
+            state.clone(),
+            protect::deadline,
         ))
+        .layer(middleware::from_fn_with_state(
+            state.clone(),
+            protect::authorize,
+        ))
+        .layer(middleware::from_fn_with_state(
+            state.clone(),
+            protect::check_host,
+        ))
+        .layer(middleware::from_fn(protect::header_limits))
         .layer(tower_http::limit::RequestBodyLimitLayer::new(16 * 1024))
+        .layer(middleware::from_fn(protect::harden))
         .with_state(state)
 }
 
-/// Serves until Ctrl-C or SIGTERM, then finishes the requests in flight.
+/// Serves until Ctrl-C or SIGTERM, then finishes the requests in flight (for at most
+/// [`SHUTDOWN_GRACE`]).
 pub async fn serve(engine: Arc<SearchEngine>, config: ServerConfig) -> crate::error::Result<()> {
     let listener = tokio::net::TcpListener::bind(config.addr)
         .await
@@ -117,13 +199,61 @@ pub async fn serve(engine: Arc<SearchEngine>, config: ServerConfig) -> crate::er
         source,
     })?;
     println!("Spotter is serving on http://{local}/ (Ctrl-C to stop)");
-    axum::serve(listener, router(engine, &config))
-        .with_graceful_shutdown(shutdown_signal())
+    let app = router(engine, &config);
+    let mut http = hyper::server::conn::http1::Builder::new();
+    http.timer(TokioTimer::new())
+        .header_read_timeout(config.header_timeout)
+        .max_buf_size(256 * 1024)
+        .max_headers(1000);
+    let connections = Arc::new(Semaphore::new(config.max_connections.max(1)));
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    let stop = shutdown_signal();
+    tokio::pin!(stop);
+    loop {
+        let permit = tokio::select! {
+            _ = &mut stop => break,
+            permit = connections.clone().acquire_owned() => match permit {
+                Ok(p) => p,
+                Err(_) => break,
+            },
+        };
+        let (stream, _peer) = tokio::select! {
+            _ = &mut stop => break,
+            accepted = listener.accept() => match accepted {
+                Ok(a) => a,
+                Err(e) => {
+                    // Out of file descriptors and the like: wait a little instead of spinning.
+                    tracing::warn!(error = %e, "accepting a connection failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        let _ = stream.set_nodelay(true);
+        let service = hyper_util::service::TowerToHyperService::new(app.clone());
+        let connection = http.serve_connection(TokioIo::new(stream), service);
+        let watched = graceful.watch(connection);
+        tokio::spawn(async move {
+            let _permit = permit;
+            if let Err(e) = watched.await {
+                tracing::debug!(error = %e, "connection ended with an error");
+            }
+        });
+    }
+    eprintln!(
+        "shutting down (waiting up to {} s for requests in flight)",
+        SHUTDOWN_GRACE.as_secs()
+    );
+    if tokio::time::timeout(SHUTDOWN_GRACE, graceful.shutdown())
         .await
-        .map_err(|source| SpotterError::Io {
-            path: local.to_string().into(),
-            source,
-        })
+        .is_err()
+    {
+        eprintln!(
+            "requests still running after {} s: stopping anyway",
+            SHUTDOWN_GRACE.as_secs()
+        );
+    }
+    Ok(())
 }
 
 async fn shutdown_signal() {
@@ -143,42 +273,6 @@ async fn shutdown_signal() {
         _ = ctrl_c => {},
         _ = terminate => {},
     }
-    eprintln!("shutting down");
-}
-
-fn token_of(headers: &HeaderMap, query: Option<&str>) -> Option<String> {
-    if let Some(v) = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-    {
-        if let Some(t) = v.strip_prefix("Bearer ") {
-            return Some(t.trim().to_string());
-        }
-    }
-    query?
-        .split('&')
-        .filter_map(|kv| kv.split_once('='))
-        .find(|(k, _)| *k == "token")
-        .map(|(_, v)| v.to_string())
-}
-
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
-}
-
-async fn authorize(State(state): State<Arc<AppState>>, request: Request, next: Next) -> Response {
-    if let Some(expected) = &state.token {
-        let given = token_of(request.headers(), request.uri().query());
-        if !given.is_some_and(|g| constant_time_eq(g.as_bytes(), expected.as_bytes())) {
-            return ApiError(
-                StatusCode::UNAUTHORIZED,
-                "this server needs a token: send 'Authorization: Bearer TOKEN' or add ?token=TOKEN"
-                    .into(),
-            )
-            .into_response();
-        }
-    }
-    next.run(request).await
 }
 
 async fn not_found() -> ApiError {
@@ -217,7 +311,7 @@ async fn health() -> Json<serde_json::Value> {
 async fn stats(State(state): State<Arc<AppState>>) -> ApiResult<Json<serde_json::Value>> {
     let engine = state.engine.clone();
     let stats = blocking(move || Ok(engine.index().stats()?)).await?;
-    let mut value = serde_json::to_value(stats).unwrap_or_default();
+    let mut value = to_json(&stats)?;
     value["default_threshold"] = serde_json::json!(state.engine.scoring().default_threshold());
     value["text_cache"] = serde_json::json!(state.engine.text_cache_stats());
     Ok(Json(value))
@@ -225,20 +319,22 @@ async fn stats(State(state): State<Arc<AppState>>) -> ApiResult<Json<serde_json:
 
 async fn search(
     State(state): State<Arc<AppState>>,
+    Extension(cancel): Extension<Cancel>,
     Query(raw): Query<RawParams>,
 ) -> ApiResult<Json<serde_json::Value>> {
-    let (query, params, group_images) =
+    let (query, mut params, group_images) =
         parse_search(&raw, true).map_err(|e| ApiError(StatusCode::BAD_REQUEST, e))?;
     let query =
         query.ok_or_else(|| ApiError(StatusCode::BAD_REQUEST, "missing parameter q".into()))?;
+    params.cancel = cancel;
     let engine = state.engine.clone();
-    let parsed = serde_json::to_value(&query).unwrap_or_default();
+    let parsed = to_json(&query)?;
     let mut value = blocking(move || {
-        Ok(if group_images {
-            serde_json::to_value(engine.search_images(&query, &params)?).unwrap_or_default()
+        if group_images {
+            to_json(&engine.search_images(&query, &params)?)
         } else {
-            serde_json::to_value(engine.search(&query, &params)?).unwrap_or_default()
-        })
+            to_json(&engine.search(&query, &params)?)
+        }
     })
     .await?;
     value["query"] = parsed;
@@ -247,6 +343,7 @@ async fn search(
 
 async fn similar(
     State(state): State<Arc<AppState>>,
+    Extension(cancel): Extension<Cancel>,
     Path(proposal): Path<String>,
     Query(raw): Query<RawParams>,
 ) -> ApiResult<Json<serde_json::Value>> {
@@ -256,16 +353,17 @@ async fn similar(
             format!("'{proposal}' is not a proposal id"),
         )
     })?;
-    let (_, params, group_images) =
+    let (_, mut params, group_images) =
         parse_search(&raw, false).map_err(|e| ApiError(StatusCode::BAD_REQUEST, e))?;
+    params.cancel = cancel;
     let engine = state.engine.clone();
     let value = blocking(move || {
         let result = engine.similar(proposal, &params)?;
-        Ok(if group_images {
-            serde_json::to_value(crate::engine::group_by_image(result)).unwrap_or_default()
+        if group_images {
+            to_json(&crate::engine::group_by_image(result))
         } else {
-            serde_json::to_value(result).unwrap_or_default()
-        })
+            to_json(&result)
+        }
     })
     .await?;
     Ok(Json(value))
@@ -302,18 +400,21 @@ async fn original(
     Path(id): Path<String>,
 ) -> ApiResult<Response> {
     let id = parse_id(&id)?;
-    let engine = state.engine.clone();
-    let (bytes, kind) = blocking(move || {
-        let path = engine
-            .index()
-            .image_info(id)?
-            .ok_or_else(|| SpotterError::NotFound(format!("no image {id}")))?
-            .path;
-        let bytes = std::fs::read(&path)
-            .map_err(|_| SpotterError::NotFound(format!("image {id} is no longer on disk")))?;
-        Ok((bytes, content_type(&path)))
+    let st = state.clone();
+    let (file, len, kind) = file_work(&state, move || {
+        let (file, info) = st.files.open(st.engine.index(), id)?;
+        let len = file.len();
+        let file = file
+            .into_file()
+            .map_err(|e| SpotterError::NotFound(format!("image {id} cannot be read: {e}")))?;
+        Ok((file, len, content_type(&info.path)))
     })
     .await?;
+    // Streamed from the verified open file: memory stays flat however large the original is.
+    let stream = tokio_util::io::ReaderStream::with_capacity(
+        tokio::io::AsyncReadExt::take(tokio::fs::File::from_std(file), len),
+        64 * 1024,
+    );
     Ok((
         [
             (header::CONTENT_TYPE, HeaderValue::from_static(kind)),
@@ -321,8 +422,9 @@ async fn original(
                 header::CACHE_CONTROL,
                 HeaderValue::from_static("private, max-age=3600"),
             ),
+            (header::CONTENT_LENGTH, HeaderValue::from(len)),
         ],
-        bytes,
+        Body::from_stream(stream),
     )
         .into_response())
 }
@@ -333,7 +435,10 @@ async fn thumbnail(
 ) -> ApiResult<Response> {
     let id = parse_id(&id)?;
     let st = state.clone();
-    let jpeg = blocking(move || st.thumbs.get(st.engine.index(), id)).await?;
+    let jpeg = file_work(&state, move || {
+        st.thumbs.get(&st.files, st.engine.index(), id)
+    })
+    .await?;
     Ok((
         [
             (header::CONTENT_TYPE, HeaderValue::from_static("image/jpeg")),
@@ -342,7 +447,7 @@ async fn thumbnail(
                 HeaderValue::from_static("private, max-age=3600"),
             ),
         ],
-        (*jpeg).clone(),
+        Body::from(jpeg.as_ref().clone()),
     )
         .into_response())
 }

@@ -80,6 +80,7 @@ pub fn parse_search(
             threshold,
             ef,
             filters,
+            cancel: crate::engine::Cancel::new(),
         },
         group_images,
     ))

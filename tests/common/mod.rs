@@ -75,9 +75,13 @@ pub fn read_json(path: &Path) -> serde_json::Value {
     serde_json::from_str(&text).expect("parse json")
 }
 
-/// The built `spotter` binary.
+/// The built `spotter` binary, or the one named by `SPOTTER_TEST_BIN` (to check that a test
+/// fails on an older build: `SPOTTER_TEST_BIN=/path/to/old/spotter cargo test ...`).
 pub fn spotter() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_spotter"))
+    match std::env::var_os("SPOTTER_TEST_BIN") {
+        Some(bin) => Command::new(bin),
+        None => Command::new(env!("CARGO_BIN_EXE_spotter")),
+    }
 }
 
 /// Cosine similarity.
