@@ -74,7 +74,15 @@ fn search_json(index: &Path, query: &str, k: usize) -> Vec<Value> {
     let out = run_ok(
         spotter()
             .env("RUST_LOG", "error")
-            .args(["search", query, "--json", "--device", "cpu", "--threshold", "0"])
+            .args([
+                "search",
+                query,
+                "--json",
+                "--device",
+                "cpu",
+                "--threshold",
+                "0",
+            ])
             .args(["-k", &k.to_string(), "--index"])
             .arg(index),
     );
@@ -123,8 +131,8 @@ fn vectors_become_searchable_during_a_slow_run() {
     let archive = root.join("archive");
     make_archive(&archive, 12);
     let (package, tower) = starter();
-    let index = Index::open_for_model(&root.join("index"), &package, &IndexSettings::default())
-        .unwrap();
+    let index =
+        Index::open_for_model(&root.join("index"), &package, &IndexSettings::default()).unwrap();
     let mut request = IndexRequest::new(
         vec![archive.clone()],
         ProposalParams::from(&package.manifest.proposals),
@@ -250,6 +258,32 @@ fn mass_deletions_need_allow_deletions() {
     assert_eq!(n(&stats_json(&dir), "images"), 8);
 }
 
+// (9) Files under a folder the walk cannot read are not deleted.
+#[test]
+fn files_under_an_unreadable_folder_are_kept() {
+    let root = scratch("hardening-unreadable-folder");
+    let (archive, elsewhere, dir) = (
+        root.join("archive"),
+        root.join("elsewhere"),
+        root.join("index"),
+    );
+    make_archive(&archive, 20);
+    let linked = root.join("linked");
+    make_archive(&linked, 3);
+    std::os::unix::fs::symlink(&linked, archive.join("nas")).unwrap();
+    let first = index_json(&[&archive], &dir, &["--follow-symlinks"]);
+    assert_eq!(n(&first, "files_found"), 23, "{first}");
+    // The linked folder goes away (an unmounted share): the link dangles, the walk cannot enter.
+    std::fs::rename(&linked, &elsewhere).unwrap();
+    let report = index_json(&[&archive], &dir, &["--follow-symlinks"]);
+    assert_eq!(n(&report, "deleted"), 0, "{report}");
+    assert!(
+        report["walk_problems"].to_string().contains("nas"),
+        "{report}"
+    );
+    assert_eq!(n(&stats_json(&dir), "images"), 23);
+}
+
 // (10) File names that are not UTF-8 are kept byte for byte.
 #[test]
 fn non_utf8_file_names_are_distinct_records() {
@@ -266,7 +300,10 @@ fn non_utf8_file_names_are_distinct_records() {
     }
     let first = index_json(&[&archive], &dir, &[]);
     assert_eq!(
-        (n(&first, "indexed"), first["failed"].as_array().unwrap().len()),
+        (
+            n(&first, "indexed"),
+            first["failed"].as_array().unwrap().len()
+        ),
         (2, 0),
         "{first}"
     );
@@ -317,9 +354,7 @@ fn stats_failures_lists_walk_problems_as_one_json_document_and_escapes_names() {
     let (archive, dir) = (root.join("archive"), root.join("index"));
     std::fs::create_dir_all(archive.join("x")).unwrap();
     variant(0).save(archive.join("a\nb.png")).unwrap();
-    variant(3)
-        .save(archive.join("\x1b[31mred.png"))
-        .unwrap();
+    variant(3).save(archive.join("\x1b[31mred.png")).unwrap();
     std::fs::write(archive.join("bad\x1b[31m\n.jpg"), b"not an image").unwrap();
     std::os::unix::fs::symlink(&archive, archive.join("x/loop")).unwrap();
     let report = index_json(&[&archive], &dir, &["--follow-symlinks"]);
@@ -333,7 +368,8 @@ fn stats_failures_lists_walk_problems_as_one_json_document_and_escapes_names() {
             .arg(&dir),
     );
     let text = String::from_utf8(out).unwrap();
-    let doc: Value = serde_json::from_str(&text).expect("stats --json --failures is one JSON value");
+    let doc: Value =
+        serde_json::from_str(&text).expect("stats --json --failures is one JSON value");
     let failures = doc["failures"].to_string();
     assert!(failures.contains("bad\\u001b[31m\\n.jpg"), "{doc}");
     let problems = doc["walk_problems"].to_string();
@@ -348,7 +384,8 @@ fn stats_failures_lists_walk_problems_as_one_json_document_and_escapes_names() {
     assert_eq!(control_bytes_except_newlines(&out), b"", "{out:?}");
     let text = String::from_utf8(out).unwrap();
     assert!(
-        text.lines().any(|l| l.contains("bad") && l.contains(".jpg")),
+        text.lines()
+            .any(|l| l.contains("bad") && l.contains(".jpg")),
         "the failed name is on one line: {text}"
     );
     assert!(text.contains("loop"), "{text}");
@@ -356,7 +393,16 @@ fn stats_failures_lists_walk_problems_as_one_json_document_and_escapes_names() {
     let out = run_ok(
         spotter()
             .env("RUST_LOG", "error")
-            .args(["search", "cat", "--device", "cpu", "--threshold", "0", "-k", "50"])
+            .args([
+                "search",
+                "cat",
+                "--device",
+                "cpu",
+                "--threshold",
+                "0",
+                "-k",
+                "50",
+            ])
             .arg("--index")
             .arg(&dir),
     );
@@ -385,10 +431,15 @@ fn touch_without_change_runs_no_model() {
     assert!(status.success());
     let again = index_json(&[&archive], &dir, &[]);
     assert_eq!(n(&again, "indexed"), 0, "{again}");
+    assert_eq!(n(&again, "touched"), 6, "{again}");
     assert_eq!(n(&again, "proposals_added"), 0, "{again}");
     let after = stats_json(&dir);
     for key in ["images", "proposals", "vectors", "tombstones"] {
-        assert_eq!(n(&after, key), n(&before, key), "{key}: {before} vs {after}");
+        assert_eq!(
+            n(&after, key),
+            n(&before, key),
+            "{key}: {before} vs {after}"
+        );
     }
     assert_eq!(search_json(&dir, "cat", 20), hits_before);
     // A third run sees the new times as unchanged.
@@ -401,7 +452,11 @@ fn touch_without_change_runs_no_model() {
 #[test]
 fn search_refuses_a_rebuilt_package_with_the_same_name() {
     let root = scratch("hardening-manifest");
-    let (archive, dir, models) = (root.join("archive"), root.join("index"), root.join("models"));
+    let (archive, dir, models) = (
+        root.join("archive"),
+        root.join("index"),
+        root.join("models"),
+    );
     make_archive(&archive, 2);
     index_json(&[&archive], &dir, &[]);
 
@@ -423,7 +478,10 @@ fn search_refuses_a_rebuilt_package_with_the_same_name() {
         .output()
         .unwrap();
     let err = String::from_utf8_lossy(&output.stderr);
-    assert!(!output.status.success(), "search used a different package: {err}");
+    assert!(
+        !output.status.success(),
+        "search used a different package: {err}"
+    );
     assert!(err.contains("manifest hash"), "{err}");
     assert!(err.contains(copy.to_str().unwrap()), "{err}");
     assert!(err.contains("re-index"), "{err}");

@@ -343,7 +343,9 @@ mod tests {
         let mut counts = [0usize; 3];
         for n in 0..3000 {
             let path = format!("album-{}/IMG_{n:05}.jpg", n % 17);
-            let owners: Vec<usize> = (0..3).filter(|&i| shards[i].owns(&path.as_str().into())).collect();
+            let owners: Vec<usize> = (0..3)
+                .filter(|&i| shards[i].owns(&path.as_str().into()))
+                .collect();
             assert_eq!(owners.len(), 1, "{path}");
             counts[owners[0]] += 1;
         }

@@ -64,14 +64,29 @@ pub struct ImageInfo {
     pub hash: Option<[u8; 32]>,
 }
 
+/// Something the last run of an archive root could not walk, kept until that root's next run.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct RootProblem {
+    /// The archive root.
+    #[serde(serialize_with = "crate::relpath::serialize_path")]
+    pub root: PathBuf,
+    /// The folder, link or file (the root itself when it was skipped).
+    #[serde(serialize_with = "crate::relpath::serialize_path")]
+    pub path: PathBuf,
+    /// What went wrong.
+    pub reason: String,
+}
+
 /// Counts and sizes of an index.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct IndexStats {
     /// Index folder.
+    #[serde(serialize_with = "crate::relpath::serialize_path")]
     pub dir: PathBuf,
     /// Model package name.
     pub model: String,
     /// Archive roots.
+    #[serde(serialize_with = "crate::relpath::serialize_paths")]
     pub roots: Vec<PathBuf>,
     /// Image records (indexed + failed).
     pub images: usize,
@@ -97,6 +112,9 @@ pub struct IndexStats {
     pub shard: Option<String>,
     /// Bytes on disk, whole folder.
     pub disk_bytes: u64,
+    /// What the last run of each root could not walk (skipped roots, unreadable folders,
+    /// deletions kept back).
+    pub walk_problems: Vec<RootProblem>,
 }
 
 /// An index folder: `db/` (sled) and, with the embedded engine, `vectors/` (HNSW dump).
@@ -624,7 +642,36 @@ impl Index {
             backend: self.backend.vectors.to_string(),
             shard: self.backend.shard.map(|s| s.to_string()),
             disk_bytes: dir_size(&self.dir),
+            walk_problems: self.walk_problems()?,
         })
+    }
+
+    /// Every file that failed to index, with its reason, in image-id order.
+    pub fn failures(&self) -> Result<Vec<crate::pipeline::Failure>> {
+        let mut out = Vec::new();
+        for image in self.store.images() {
+            let (_, record) = image?;
+            if let crate::records::ImageStatus::Failed(reason) = &record.status {
+                out.push(crate::pipeline::Failure {
+                    path: self.image_path(&record)?,
+                    reason: reason.clone(),
+                });
+            }
+        }
+        Ok(out)
+    }
+
+    /// What the last run of each root could not walk (see [`IndexStats::walk_problems`]).
+    pub fn walk_problems(&self) -> Result<Vec<RootProblem>> {
+        let mut out = Vec::new();
+        for (root, problems) in self.store.walk_problems()? {
+            out.extend(problems.into_iter().map(|p| RootProblem {
+                root: root.clone(),
+                path: p.path.to_path(),
+                reason: p.reason,
+            }));
+        }
+        Ok(out)
     }
 }
 

@@ -23,7 +23,7 @@ pub mod walk;
 
 pub use backend::{BackendConfig, Shard, VectorBackend};
 pub use error::{IndexError, Result};
-pub use index::{HitRecord, ImageInfo, Index, IndexSettings, IndexStats};
+pub use index::{HitRecord, ImageInfo, Index, IndexSettings, IndexStats, RootProblem};
+pub use pipeline::{run, Failure, IndexRequest, NoProgress, Progress, RunReport};
 pub use relpath::RelPath;
-pub use pipeline::{run, IndexRequest, NoProgress, Progress, RunReport};
 pub use vectors::{HnswParams, VectorEntry, VectorIndex};

@@ -22,6 +22,7 @@ use crate::index::Index;
 use crate::records::{
     proposal_id, ImageRecord, ImageStatus, ProposalRecord, StoredVector, PROPOSAL_BITS,
 };
+use crate::relpath::RelPath;
 use crate::vectors::VectorEntry;
 use crate::walk::{walk, FoundFile, WalkOptions};
 
@@ -44,7 +45,21 @@ pub struct IndexRequest {
     pub decode_threads: usize,
     /// Save the vector index at least this often during long runs.
     pub checkpoint_every: Duration,
+    /// Delete the records of a root even when more than half of them (and at least
+    /// [`MASS_DELETION_MIN`]) are gone at once; without it such deletions are skipped with a
+    /// warning, since an unmounted or half-synced archive looks just like that.
+    pub allow_deletions: bool,
 }
+
+/// Deleting at least this many records of a root, and more than half of them, in one run needs
+/// [`IndexRequest::allow_deletions`].
+pub const MASS_DELETION_MIN: usize = 10;
+
+/// Fresh vectors are handed to the vector index (and become searchable) at least this often.
+pub const FRESH_VECTORS_EVERY: Duration = Duration::from_secs(1);
+
+/// Vectors are inserted in chunks of at most this many.
+const INSERT_CHUNK: usize = 2048;
 
 impl IndexRequest {
     /// A request for `roots` with `params` and the defaults: default walk, batch 4, default
@@ -59,6 +74,7 @@ impl IndexRequest {
             retry_failed: false,
             decode_threads: 0,
             checkpoint_every: Duration::from_secs(300),
+            allow_deletions: false,
         }
     }
 }
@@ -67,6 +83,7 @@ impl IndexRequest {
 #[derive(Debug, Clone, Serialize, PartialEq)]
 pub struct Failure {
     /// The file.
+    #[serde(serialize_with = "crate::relpath::serialize_path")]
     pub path: PathBuf,
     /// Why.
     pub reason: String,
@@ -87,10 +104,16 @@ pub struct RunReport {
     pub copied: usize,
     /// Files that could not be indexed.
     pub failed: Vec<Failure>,
-    /// Folders or links the walk could not enter.
+    /// Folders or links the walk could not enter, archive roots that were skipped (missing or
+    /// not a folder) and roots whose deletions were skipped, with the reason.
     pub walk_problems: Vec<Failure>,
     /// Records removed because their file is gone.
     pub deleted: usize,
+    /// Records of gone files kept because their root looked only partly there (see
+    /// [`IndexRequest::allow_deletions`]).
+    pub deletions_skipped: usize,
+    /// Files whose time or size changed but not their content: record updated, no model run.
+    pub touched: usize,
     /// Files that disappeared between the walk and reading them.
     pub vanished: usize,
     /// Proposals written.
@@ -149,6 +172,10 @@ enum Prepared {
     Vanished {
         item: WorkItem,
     },
+    /// Same content as its own record (a `touch`): `item.previous` is that record.
+    Touched {
+        item: WorkItem,
+    },
     /// The index itself failed while preparing (the run stops with this error).
     Broken(IndexError),
 }
@@ -190,26 +217,44 @@ pub fn run(
     // Walk and plan.
     let mut work = Vec::new();
     let mut gone: Vec<(u64, ImageRecord)> = Vec::new();
-    for root in &request.roots {
-        let root = root.canonicalize().map_err(|source| IndexError::Io {
-            path: root.clone(),
-            source,
-        })?;
-        if !root.is_dir() {
-            return Err(IndexError::Invalid(format!(
-                "archive root {} is not a folder",
-                root.display()
-            )));
-        }
+    // Per root: the key its walk problems are kept under, its id (None when skipped), the
+    // problems of this run and how many records it held before it.
+    let mut roots: Vec<RootRun> = Vec::new();
+    for given in &request.roots {
+        let root = match usable_root(given) {
+            Ok(root) => root,
+            Err(reason) => {
+                tracing::warn!(root = %given.display(), %reason, "archive root skipped");
+                progress.note(&format!("skipped {}: {reason}", given.display()));
+                let key = std::path::absolute(given).unwrap_or_else(|_| given.clone());
+                roots.push(RootRun {
+                    key,
+                    id: None,
+                    records: 0,
+                    problems: vec![Failure {
+                        path: given.clone(),
+                        reason,
+                    }],
+                });
+                continue;
+            }
+        };
         let root_id = store.root_id(&root)?;
         progress.note(&format!("scanning {}", root.display()));
         let (files, problems) = walk(&root, &request.walk)?;
-        report
-            .walk_problems
-            .extend(problems.into_iter().map(|p| Failure {
+        let problems: Vec<Failure> = problems
+            .into_iter()
+            .map(|p| Failure {
                 path: p.path,
                 reason: p.reason,
-            }));
+            })
+            .collect();
+        // Files under a folder the walk could not read are not known to be gone.
+        let unreadable: Vec<RelPath> = problems
+            .iter()
+            .filter_map(|p| p.path.strip_prefix(&root).ok())
+            .map(RelPath::from_relative)
+            .collect();
         let files: Vec<_> = match index.backend().shard {
             Some(shard) => files
                 .into_iter()
@@ -237,12 +282,25 @@ pub fn run(
                 });
             }
         }
+        let mut records = 0;
         for image in store.images() {
             let (id, record) = image?;
-            if record.root == root_id && !seen.contains(&record.rel_path) {
+            if record.root != root_id {
+                continue;
+            }
+            records += 1;
+            if !seen.contains(&record.rel_path)
+                && !unreadable.iter().any(|u| record.rel_path.is_under(u))
+            {
                 gone.push((id, record));
             }
         }
+        roots.push(RootRun {
+            key: root,
+            id: Some(root_id),
+            records,
+            problems,
+        });
     }
     let mut missing_map: HashMap<[u8; 32], Vec<(u64, ImageRecord)>> = HashMap::new();
     for (id, record) in &gone {
@@ -282,7 +340,7 @@ pub fn run(
             pool.install(|| {
                 // Stops early when a later stage has failed and dropped its receiver.
                 let _ = work.par_iter().try_for_each_with(prepared_tx, |tx, item| {
-                    tx.send(prepare(index, tower, request, missing, item))
+                    tx.send(touched_or(prepare(index, tower, request, missing, item)))
                         .map_err(|_| ())
                 });
             })
@@ -305,14 +363,51 @@ pub fn run(
             .filter(|id| !still.contains(id))
             .collect()
     };
-    for (id, record) in &gone {
-        if claimed.contains(id) && record.status == ImageStatus::Indexed {
-            continue; // moved: already re-pointed
+    let doomed: Vec<&(u64, ImageRecord)> = gone
+        .iter()
+        .filter(|(id, record)| !(claimed.contains(id) && record.status == ImageStatus::Indexed))
+        .collect(); // the others moved: already re-pointed
+    for root in &mut roots {
+        let Some(root_id) = root.id else { continue };
+        let mine: Vec<&(u64, ImageRecord)> = doomed
+            .iter()
+            .copied()
+            .filter(|(_, r)| r.root == root_id)
+            .collect();
+        if mine.is_empty() {
+            continue;
         }
-        store.remove_image(*id, record)?;
-        let ids: Vec<u64> = (0..record.proposals).map(|r| proposal_id(*id, r)).collect();
-        index.vectors().remove(&ids)?;
-        report.deleted += 1;
+        if !request.allow_deletions
+            && mine.len() >= MASS_DELETION_MIN
+            && mine.len() * 2 > root.records
+        {
+            let reason = format!(
+                "{} of the {} indexed files under this root are gone; their records are kept, \
+                 in case the archive is only partly there (an unmounted or half-synced drive). \
+                 If the files were really deleted, run again with --allow-deletions",
+                mine.len(),
+                root.records
+            );
+            tracing::warn!(root = %root.key.display(), %reason, "deletions skipped");
+            progress.note(&reason);
+            report.deletions_skipped += mine.len();
+            root.problems.push(Failure {
+                path: root.key.clone(),
+                reason,
+            });
+            continue;
+        }
+        for (id, record) in mine {
+            store.remove_image(*id, record)?;
+            let ids: Vec<u64> = (0..record.proposals).map(|r| proposal_id(*id, r)).collect();
+            index.vectors().remove(&ids)?;
+            report.deleted += 1;
+        }
+    }
+    // This run's walk problems replace the previous run's, root by root.
+    for root in &roots {
+        store.set_walk_problems(&root.key, &root.problems)?;
+        report.walk_problems.extend(root.problems.iter().cloned());
     }
 
     let tombstones = index.vectors().tombstones()?;
@@ -330,6 +425,49 @@ pub fn run(
         0.0
     };
     Ok(report)
+}
+
+/// One archive root of a run.
+struct RootRun {
+    /// Its path: canonical when it could be walked, absolute as given otherwise.
+    key: PathBuf,
+    /// Its id in the store; `None` when it was skipped.
+    id: Option<u32>,
+    /// Records it held before the run.
+    records: usize,
+    /// What went wrong this run.
+    problems: Vec<Failure>,
+}
+
+/// The canonical path of an archive root, or why it is skipped this run (its records are kept:
+/// a missing root is most often an unmounted drive, not a deleted archive).
+fn usable_root(given: &Path) -> std::result::Result<PathBuf, String> {
+    let skipped = "skipped this run, its records are kept (an unmounted drive?); index it again \
+                   when it is back";
+    let root = given
+        .canonicalize()
+        .map_err(|e| format!("archive root cannot be opened ({e}): {skipped}"))?;
+    if root.is_dir() {
+        Ok(root)
+    } else {
+        Err(format!("archive root is not a folder: {skipped}"))
+    }
+}
+
+/// A file whose size or time changed but whose content hash equals its own record's: only the
+/// record's size and time need updating (no model run, no vector churn).
+fn touched_or(prepared: Prepared) -> Prepared {
+    match prepared {
+        Prepared::Model { item, hash, .. } | Prepared::Copied { item, hash, .. }
+            if item
+                .previous
+                .as_ref()
+                .is_some_and(|(_, r)| r.status == ImageStatus::Indexed && r.hash == hash) =>
+        {
+            Prepared::Touched { item }
+        }
+        other => other,
+    }
 }
 
 /// Marks the vectors of a replaced record as deleted.
@@ -555,7 +693,20 @@ fn write_all(
         }
         Ok(id)
     };
-    for message in input {
+    let mut last_insert = Instant::now();
+    loop {
+        let message = match input.recv_timeout(FRESH_VECTORS_EVERY / 4) {
+            Ok(message) => message,
+            Err(RecvTimeoutError::Timeout) => {
+                // Nothing arrives (a slow model or slow disks): make what was written searchable.
+                if !vectors.is_empty() {
+                    index.vectors().insert(&std::mem::take(&mut vectors))?;
+                    last_insert = Instant::now();
+                }
+                continue;
+            }
+            Err(RecvTimeoutError::Disconnected) => break,
+        };
         let (path, added, failed) = match message? {
             Written::Model {
                 item,
@@ -647,12 +798,28 @@ fn write_all(
                 report.vanished += 1;
                 (item.file.path, 0, false)
             }
+            Written::Other(Prepared::Touched { item }) => {
+                if let Some((id, old)) = &item.previous {
+                    let record = ImageRecord {
+                        size: item.file.size,
+                        mtime_ns: item.file.mtime_ns,
+                        ..old.clone()
+                    };
+                    store.update_image(*id, &record)?;
+                }
+                report.touched += 1;
+                (item.file.path, 0, false)
+            }
             Written::Other(Prepared::Broken(e)) => return Err(e),
             Written::Other(Prepared::Model { .. }) => unreachable!("model work is never forwarded"),
         };
         progress.file_done(&path, added, failed);
-        if vectors.len() >= 2048 {
+        // Fresh vectors become searchable within about a second, in chunks of at most 2048.
+        if vectors.len() >= INSERT_CHUNK
+            || (!vectors.is_empty() && last_insert.elapsed() >= FRESH_VECTORS_EVERY)
+        {
             index.vectors().insert(&std::mem::take(&mut vectors))?;
+            last_insert = Instant::now();
         }
         if last_checkpoint.elapsed() >= request.checkpoint_every {
             index.vectors().insert(&std::mem::take(&mut vectors))?;

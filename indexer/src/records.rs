@@ -105,6 +105,16 @@ pub struct ProposalRecord {
     pub vector: StoredVector,
 }
 
+/// A path the last run of a root could not walk (or the root itself, skipped), with why: kept
+/// per root until that root's next run, for `spotter stats --failures`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct WalkProblemRecord {
+    /// The absolute path, byte for byte.
+    pub path: RelPath,
+    /// What went wrong.
+    pub reason: String,
+}
+
 /// Index-wide settings, fixed when the index is created.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct IndexMeta {

@@ -60,6 +60,14 @@ impl RelPath {
         self.0.starts_with(prefix.as_bytes())
     }
 
+    /// True when this path is `folder` or lies inside it (whole components; an empty `folder`
+    /// is the root, which holds everything).
+    pub fn is_under(&self, folder: &RelPath) -> bool {
+        let f = folder.as_bytes();
+        f.is_empty()
+            || (self.0.starts_with(f) && (self.0.len() == f.len() || self.0[f.len()] == b'/'))
+    }
+
     /// The path for people: UTF-8 as it is, every byte that is not UTF-8 as `\xNN` (so two
     /// names that differ only in such bytes still look different).
     pub fn display(&self) -> String {
@@ -106,6 +114,17 @@ pub fn display_bytes(bytes: &[u8]) -> String {
 /// A filesystem path for people, without the loss of `to_string_lossy` (see [`display_bytes`]).
 pub fn display_path(path: &Path) -> String {
     display_bytes(&os_bytes(path.as_os_str()))
+}
+
+/// Serialises a filesystem path as its [`display_path`] text, so that JSON output never fails
+/// (serde refuses paths that are not UTF-8) and never loses the difference between two names.
+pub fn serialize_path<S: Serializer>(path: &Path, serializer: S) -> Result<S::Ok, S::Error> {
+    serializer.serialize_str(&display_path(path))
+}
+
+/// [`serialize_path`] for a list of paths.
+pub fn serialize_paths<S: Serializer>(paths: &[PathBuf], serializer: S) -> Result<S::Ok, S::Error> {
+    serializer.collect_seq(paths.iter().map(|p| display_path(p)))
 }
 
 #[cfg(unix)]
@@ -255,13 +274,24 @@ mod tests {
             assert_eq!(&serde_json::from_str::<RelPath>(&json).unwrap(), p);
         }
         assert!(a.starts_with("x/"));
+        assert!(a.is_under(&"x".into()) && a.is_under(&"".into()) && a.is_under(&a));
+        assert!(
+            !a.is_under(&"x/\u{ff}".into()) && !RelPath::from("xy/a.jpg").is_under(&"x".into())
+        );
         assert!(!a.starts_with("y"));
         #[cfg(unix)]
         {
             use std::os::unix::ffi::OsStrExt;
             let full = a.join_onto(Path::new("/archive"));
             assert_eq!(full.as_os_str().as_bytes(), b"/archive/x/\xff\xfe.jpg");
-            assert_eq!(RelPath::from_relative(Path::new("x").join(a.to_path().file_name().unwrap()).as_path()), a);
+            assert_eq!(
+                RelPath::from_relative(
+                    Path::new("x")
+                        .join(a.to_path().file_name().unwrap())
+                        .as_path()
+                ),
+                a
+            );
         }
     }
 }

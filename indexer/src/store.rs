@@ -2,7 +2,8 @@
 //!
 //! Trees: `meta` (index settings), `roots` (root id → absolute path), `images` (image id →
 //! [`ImageRecord`]), `paths` (root id + relative path → image id), `hashes` (content hash + image
-//! id → ∅, for move and copy detection), `proposals` (proposal id → [`ProposalRecord`]). Every
+//! id → ∅, for move and copy detection), `proposals` (proposal id → [`ProposalRecord`]),
+//! `walk_problems` (root path → the last run's [`WalkProblemRecord`]s of that root). Every
 //! change of one image touches all its keys in one transaction, so a crash leaves either the old
 //! or the new state of that image, never a mix.
 
@@ -12,7 +13,9 @@ use sled::transaction::{ConflictableTransactionError, TransactionError};
 use sled::{Transactional, Tree};
 
 use crate::error::{IndexError, Result};
-use crate::records::{decode, encode, proposal_id, ImageRecord, IndexMeta, ProposalRecord};
+use crate::records::{
+    decode, encode, proposal_id, ImageRecord, IndexMeta, ProposalRecord, WalkProblemRecord,
+};
 use crate::relpath::RelPath;
 
 /// Store format version, in `meta`; bump when tree layout changes.
@@ -28,6 +31,7 @@ pub struct Store {
     paths: Tree,
     hashes: Tree,
     proposals: Tree,
+    walk_problems: Tree,
 }
 
 fn be(id: u64) -> [u8; 8] {
@@ -48,7 +52,7 @@ fn path_key(root: u32, rel_path: &RelPath) -> Vec<u8> {
     key
 }
 
-/// The raw bytes of a root path (UTF-8 roots are stored as their text, as before).
+/// The raw bytes of a path (UTF-8 paths are their text, as roots were stored before).
 fn root_bytes(root: &Path) -> Vec<u8> {
     root.as_os_str().as_encoded_bytes().to_vec()
 }
@@ -85,6 +89,7 @@ impl Store {
             paths: tree("paths")?,
             hashes: tree("hashes")?,
             proposals: tree("proposals")?,
+            walk_problems: tree("walk_problems")?,
             path: path.clone(),
             db,
         };
@@ -178,7 +183,10 @@ impl Store {
                 what: "root id".into(),
                 message: format!("{} bytes, expected 4", k.len()),
             })?;
-            out.push((u32::from_be_bytes(arr), RelPath::from_bytes(v.to_vec()).to_path()));
+            out.push((
+                u32::from_be_bytes(arr),
+                RelPath::from_bytes(v.to_vec()).to_path(),
+            ));
         }
         Ok(out)
     }
@@ -189,7 +197,11 @@ impl Store {
     }
 
     /// Looks an image up by root and relative path.
-    pub fn image_by_path(&self, root: u32, rel_path: &RelPath) -> Result<Option<(u64, ImageRecord)>> {
+    pub fn image_by_path(
+        &self,
+        root: u32,
+        rel_path: &RelPath,
+    ) -> Result<Option<(u64, ImageRecord)>> {
         let Some(id) = self
             .paths
             .get(path_key(root, rel_path))
@@ -320,6 +332,51 @@ impl Store {
             .map_err(|e| self.tx_err(e))
     }
 
+    /// Rewrites the record of image `id` whose path, hash and proposals did not change (a file
+    /// touched without a content change: new size or time only).
+    pub fn update_image(&self, id: u64, record: &ImageRecord) -> Result<()> {
+        self.images
+            .insert(be(id), encode(record)?)
+            .map_err(|e| self.err(e))?;
+        Ok(())
+    }
+
+    /// Replaces the walk problems kept for the archive root `root` (none: forgets them).
+    pub fn set_walk_problems(
+        &self,
+        root: &Path,
+        problems: &[crate::pipeline::Failure],
+    ) -> Result<()> {
+        let key = root_bytes(root);
+        if problems.is_empty() {
+            self.walk_problems.remove(key).map_err(|e| self.err(e))?;
+            return Ok(());
+        }
+        let records: Vec<WalkProblemRecord> = problems
+            .iter()
+            .map(|p| WalkProblemRecord {
+                path: RelPath::from_bytes(root_bytes(&p.path)),
+                reason: p.reason.clone(),
+            })
+            .collect();
+        self.walk_problems
+            .insert(key, encode(&records)?)
+            .map_err(|e| self.err(e))?;
+        Ok(())
+    }
+
+    /// The walk problems of every root's last run: root → problems, sorted by root.
+    pub fn walk_problems(&self) -> Result<Vec<(PathBuf, Vec<WalkProblemRecord>)>> {
+        let mut out = Vec::new();
+        for entry in self.walk_problems.iter() {
+            let (k, v) = entry.map_err(|e| self.err(e))?;
+            let root = RelPath::from_bytes(k.to_vec()).to_path();
+            let what = format!("walk problems of {}", root.display());
+            out.push((root, decode(&v, &what)?));
+        }
+        Ok(out)
+    }
+
     /// Removes an image and its proposals in one transaction.
     pub fn remove_image(&self, id: u64, record: &ImageRecord) -> Result<()> {
         (&self.images, &self.paths, &self.hashes, &self.proposals)
@@ -402,14 +459,31 @@ mod tests {
             .put_image(id, &rec, &[proposal(id), proposal(id)], None)
             .unwrap();
         assert_eq!(store.counts(), (1, 2));
-        assert_eq!(store.image_by_path(0, &"a/cat.jpg".into()).unwrap().unwrap().0, id);
+        assert_eq!(
+            store
+                .image_by_path(0, &"a/cat.jpg".into())
+                .unwrap()
+                .unwrap()
+                .0,
+            id
+        );
         assert_eq!(store.images_with_hash(&[7; 32]).unwrap().len(), 1);
         assert_eq!(store.proposals_of(id).unwrap().len(), 2);
 
         let moved = record("b/cat.jpg", 2);
         store.move_image(id, &rec, &moved).unwrap();
-        assert!(store.image_by_path(0, &"a/cat.jpg".into()).unwrap().is_none());
-        assert_eq!(store.image_by_path(0, &"b/cat.jpg".into()).unwrap().unwrap().0, id);
+        assert!(store
+            .image_by_path(0, &"a/cat.jpg".into())
+            .unwrap()
+            .is_none());
+        assert_eq!(
+            store
+                .image_by_path(0, &"b/cat.jpg".into())
+                .unwrap()
+                .unwrap()
+                .0,
+            id
+        );
 
         let id2 = store.new_image_id().unwrap();
         assert_ne!(id, id2);
@@ -422,7 +496,14 @@ mod tests {
             )
             .unwrap();
         assert_eq!(store.counts(), (1, 1));
-        assert_eq!(store.image_by_path(0, &"b/cat.jpg".into()).unwrap().unwrap().0, id2);
+        assert_eq!(
+            store
+                .image_by_path(0, &"b/cat.jpg".into())
+                .unwrap()
+                .unwrap()
+                .0,
+            id2
+        );
 
         store.remove_image(id2, &record("b/cat.jpg", 1)).unwrap();
         assert_eq!(store.counts(), (0, 0));

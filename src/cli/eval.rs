@@ -120,7 +120,7 @@ pub fn run(args: &EvalArgs) -> Result<()> {
     }
     let report = evaluate(&evaluated, &coco.categories, args.threshold);
     if args.json {
-        super::print_json(&report);
+        super::print_json(&report)?;
         return Ok(());
     }
     println!(

@@ -58,6 +58,11 @@ pub struct IndexArgs {
     /// Retry files that failed before even if they did not change.
     #[arg(long)]
     pub retry_failed: bool,
+    /// Delete the records of gone files even when more than half of a root's files (and at
+    /// least 10) are gone at once. Without it those deletions are skipped with a warning, because
+    /// an unmounted or half-synced archive looks the same as a deleted one.
+    #[arg(long)]
+    pub allow_deletions: bool,
     /// Store vectors as 16-bit floats (half the disk; only when creating the index).
     #[arg(long)]
     pub f16: bool,
@@ -104,8 +109,10 @@ impl Progress for Bar {
             .fetch_add(usize::from(failed), Ordering::Relaxed)
             + usize::from(failed);
         if failed {
-            self.bar
-                .println(format!("skipped (unreadable): {}", path.display()));
+            self.bar.println(format!(
+                "skipped (unreadable): {}",
+                super::terminal_path(path)
+            ));
         }
         tracing::debug!(path = %path.display(), proposals, failed, "file committed");
         let secs = self.bar.elapsed().as_secs_f64().max(1e-3);
@@ -173,6 +180,7 @@ pub fn run(args: &IndexArgs) -> Result<()> {
         retry_failed: args.retry_failed,
         decode_threads: args.decode_threads,
         checkpoint_every: Duration::from_secs(300),
+        allow_deletions: args.allow_deletions,
     };
     let bar = if args.quiet {
         ProgressBar::hidden()
@@ -197,17 +205,18 @@ pub fn run(args: &IndexArgs) -> Result<()> {
     progress.bar.finish_and_clear();
 
     if args.json {
-        super::print_json(&report);
-        return Ok(());
+        return super::print_json(&report);
     }
     println!(
-        "{} images found: {} indexed, {} unchanged, {} moved, {} copies, {} deleted, {} failed ({:.1} s, {:.2} images/s on {}, {} proposals added)",
+        "{} images found: {} indexed, {} unchanged, {} touched (same content), {} moved, {} copies, {} deleted, {} deletions skipped, {} failed ({:.1} s, {:.2} images/s on {}, {} proposals added)",
         report.files_found,
         report.indexed,
         report.unchanged,
+        report.touched,
         report.moved,
         report.copied,
         report.deleted,
+        report.deletions_skipped,
         report.failed.len(),
         report.seconds,
         report.images_per_second,
@@ -215,10 +224,18 @@ pub fn run(args: &IndexArgs) -> Result<()> {
         report.proposals_added
     );
     for f in &report.failed {
-        println!("  failed: {}: {}", f.path.display(), f.reason);
+        println!(
+            "  failed: {}: {}",
+            super::terminal_path(&f.path),
+            super::terminal_safe(&f.reason)
+        );
     }
     for f in &report.walk_problems {
-        println!("  not walked: {}: {}", f.path.display(), f.reason);
+        println!(
+            "  not walked: {}: {}",
+            super::terminal_path(&f.path),
+            super::terminal_safe(&f.reason)
+        );
     }
     Ok(())
 }
@@ -232,7 +249,8 @@ pub struct StatsArgs {
     /// Print JSON.
     #[arg(long)]
     pub json: bool,
-    /// List every failed file with its reason.
+    /// List every failed file with its reason, and what the last run of each archive could not
+    /// walk (with --json: `failures` and `walk_problems` in the one JSON document).
     #[arg(long)]
     pub failures: bool,
 }
@@ -242,50 +260,71 @@ pub fn stats(args: &StatsArgs) -> Result<()> {
     let index = Index::open(&args.index)?;
     let stats = index.stats()?;
     if args.json {
-        super::print_json(&stats);
+        let mut doc = serde_json::to_value(&stats)
+            .map_err(|e| SpotterError::Usage(format!("cannot print the stats as JSON: {e}")))?;
+        if args.failures {
+            doc["failures"] = serde_json::to_value(index.failures()?).map_err(|e| {
+                SpotterError::Usage(format!("cannot print the failures as JSON: {e}"))
+            })?;
+        }
+        return super::print_json(&doc);
+    }
+    println!("index       {}", super::terminal_path(&stats.dir));
+    println!("model       {}", super::terminal_safe(&stats.model));
+    for root in &stats.roots {
+        println!("archive     {}", super::terminal_path(root));
+    }
+    println!(
+        "images      {} ({} indexed, {} failed)",
+        stats.images, stats.indexed, stats.failed
+    );
+    println!("proposals   {}", stats.proposals);
+    if stats.backend == "embedded" {
+        println!(
+            "vectors     {} live, {} deleted (spotter compact drops them)",
+            stats.vectors, stats.tombstones
+        );
     } else {
-        println!("index       {}", stats.dir.display());
-        println!("model       {}", stats.model);
-        for root in &stats.roots {
-            println!("archive     {}", root.display());
-        }
         println!(
-            "images      {} ({} indexed, {} failed)",
-            stats.images, stats.indexed, stats.failed
+            "vectors     {} in the shared collection (every shard's)",
+            stats.vectors
         );
-        println!("proposals   {}", stats.proposals);
-        if stats.backend == "embedded" {
-            println!(
-                "vectors     {} live, {} deleted (spotter compact drops them)",
-                stats.vectors, stats.tombstones
-            );
-        } else {
-            println!(
-                "vectors     {} in the shared collection (every shard's)",
-                stats.vectors
-            );
-        }
+    }
+    println!(
+        "vector      {} floats, stored as {}",
+        stats.vector_dim,
+        if stats.half_precision { "f16" } else { "f32" }
+    );
+    println!("engine      {}", stats.vector_engine);
+    println!("backend     {}", stats.backend);
+    if let Some(shard) = &stats.shard {
+        println!("shard       {shard} (of the archive, by path)");
+    }
+    println!(
+        "disk        {:.1} MiB",
+        stats.disk_bytes as f64 / (1024.0 * 1024.0)
+    );
+    if !stats.walk_problems.is_empty() {
         println!(
-            "vector      {} floats, stored as {}",
-            stats.vector_dim,
-            if stats.half_precision { "f16" } else { "f32" }
-        );
-        println!("engine      {}", stats.vector_engine);
-        println!("backend     {}", stats.backend);
-        if let Some(shard) = &stats.shard {
-            println!("shard       {shard} (of the archive, by path)");
-        }
-        println!(
-            "disk        {:.1} MiB",
-            stats.disk_bytes as f64 / (1024.0 * 1024.0)
+            "not walked  {} problem(s) in the last run (spotter stats --failures lists them)",
+            stats.walk_problems.len()
         );
     }
     if args.failures {
-        for image in index.store().images() {
-            let (_, record) = image?;
-            if let spotter_indexer::records::ImageStatus::Failed(reason) = &record.status {
-                println!("failed: {}: {reason}", index.image_path(&record)?.display());
-            }
+        for f in index.failures()? {
+            println!(
+                "failed: {}: {}",
+                super::terminal_path(&f.path),
+                super::terminal_safe(&f.reason)
+            );
+        }
+        for p in &stats.walk_problems {
+            println!(
+                "not walked: {}: {} (archive {})",
+                super::terminal_path(&p.path),
+                super::terminal_safe(&p.reason),
+                super::terminal_path(&p.root)
+            );
         }
     }
     Ok(())

@@ -152,11 +152,12 @@ impl ProposalArgs {
 }
 
 /// Prints a value as pretty JSON on stdout (the `--json` output of the commands).
-pub fn print_json<T: serde::Serialize>(value: &T) {
-    println!(
-        "{}",
-        serde_json::to_string_pretty(value).unwrap_or_default()
-    );
+pub fn print_json<T: serde::Serialize>(value: &T) -> Result<()> {
+    let text = serde_json::to_string_pretty(value).map_err(|e| {
+        crate::error::SpotterError::Usage(format!("cannot print the result as JSON: {e}"))
+    })?;
+    println!("{text}");
+    Ok(())
 }
 
 /// Text safe to print on a terminal: control characters (line breaks, escape sequences from
@@ -190,5 +191,25 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Stats(args) => index::stats(&args),
         Command::Compact(args) => index::compact(&args),
         Command::Eval(args) => eval::run(&args),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn terminal_text_escapes_control_characters_and_keeps_unicode() {
+        assert_eq!(
+            terminal_safe("a\nb\x1b[31m été.jpg"),
+            "a\\nb\\u{1b}[31m été.jpg"
+        );
+        assert_eq!(terminal_safe("plain/été 1.jpg"), "plain/été 1.jpg");
+        #[cfg(unix)]
+        {
+            use std::os::unix::ffi::OsStrExt;
+            let path = std::path::Path::new(std::ffi::OsStr::from_bytes(b"/a/\xff\t.jpg"));
+            assert_eq!(terminal_path(path), "/a/\\xff\\t.jpg");
+        }
     }
 }

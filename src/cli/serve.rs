@@ -136,13 +136,20 @@ pub fn run(args: &ServeArgs) -> Result<()> {
             .name("spotter-indexer".into())
             .spawn(move || loop {
                 match spotter_indexer::run(&index, &tower, &request, &NoProgress) {
-                    Ok(r) => tracing::info!(
-                        indexed = r.indexed,
-                        unchanged = r.unchanged,
-                        failed = r.failed.len(),
-                        deleted = r.deleted,
-                        "background indexing pass done"
-                    ),
+                    Ok(r) => {
+                        for p in &r.walk_problems {
+                            tracing::warn!(path = %spotter_indexer::relpath::display_path(&p.path), reason = %p.reason, "not walked");
+                        }
+                        tracing::info!(
+                            indexed = r.indexed,
+                            unchanged = r.unchanged,
+                            touched = r.touched,
+                            failed = r.failed.len(),
+                            deleted = r.deleted,
+                            deletions_skipped = r.deletions_skipped,
+                            "background indexing pass done"
+                        )
+                    }
                     Err(e) => tracing::error!(error = %e, "background indexing failed"),
                 }
                 if every.is_zero() {
