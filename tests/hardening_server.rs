@@ -563,7 +563,10 @@ fn non_utf8_file_names_are_served_by_id() {
     let index = dir.join("index");
     run_ok(&mut index_command(&archive, &index));
     let server = start(&index, &[]);
-    let (status, body) = json(&server.base, "/api/search?q=thing&k=100&threshold=0&group=images");
+    let (status, body) = json(
+        &server.base,
+        "/api/search?q=thing&k=100&threshold=0&group=images",
+    );
     assert_eq!(status, 200, "{body}");
     let mut served: Vec<Vec<u8>> = body["images"]
         .as_array()

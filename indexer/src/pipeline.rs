@@ -340,7 +340,7 @@ pub fn run(
             pool.install(|| {
                 // Stops early when a later stage has failed and dropped its receiver.
                 let _ = work.par_iter().try_for_each_with(prepared_tx, |tx, item| {
-                    tx.send(touched_or(prepare(index, tower, request, missing, item)))
+                    tx.send(prepare(index, tower, request, missing, item))
                         .map_err(|_| ())
                 });
             })
@@ -454,22 +454,6 @@ fn usable_root(given: &Path) -> std::result::Result<PathBuf, String> {
     }
 }
 
-/// A file whose size or time changed but whose content hash equals its own record's: only the
-/// record's size and time need updating (no model run, no vector churn).
-fn touched_or(prepared: Prepared) -> Prepared {
-    match prepared {
-        Prepared::Model { item, hash, .. } | Prepared::Copied { item, hash, .. }
-            if item
-                .previous
-                .as_ref()
-                .is_some_and(|(_, r)| r.status == ImageStatus::Indexed && r.hash == hash) =>
-        {
-            Prepared::Touched { item }
-        }
-        other => other,
-    }
-}
-
 /// Marks the vectors of a replaced record as deleted.
 fn retire_vectors(index: &Index, previous: &Option<(u64, ImageRecord)>) -> Result<()> {
     if let Some((old_id, old)) = previous {
@@ -513,6 +497,15 @@ fn prepare(
             }
         }
     };
+    // Touched: the size or time changed but the content hash equals the file's own record, so
+    // only the record's size and time need updating (no decode, no model run, no vector churn).
+    if item
+        .previous
+        .as_ref()
+        .is_some_and(|(_, r)| r.status == ImageStatus::Indexed && r.hash == hash)
+    {
+        return Prepared::Touched { item };
+    }
     // A moved or renamed file: same content as a record whose file is gone.
     match missing.lock() {
         Ok(mut map) => {
