@@ -586,3 +586,58 @@ fn non_utf8_file_names_are_served_by_id() {
     want.sort();
     assert_eq!(served, want, "both files, each served as itself");
 }
+
+#[test]
+fn search_finds_new_photos_while_serve_indexes_in_the_background() {
+    let dir = scratch("hardening_background");
+    let archive = dir.join("photos");
+    std::fs::create_dir_all(&archive).unwrap();
+    let names = ["chelsea.png", "coffee.png", "astronaut.png", "rocket.jpg"];
+    let photos: Vec<image::RgbImage> = names
+        .iter()
+        .map(|n| image::open(sample(n)).unwrap().to_rgb8())
+        .collect();
+    let count = 160;
+    for i in 0..count {
+        let mut img = photos[i % photos.len()].clone();
+        img.put_pixel(0, 0, image::Rgb([i as u8, (i / 256) as u8, 7]));
+        img.save(archive.join(format!("p{i:03}.png"))).unwrap();
+    }
+    let index = dir.join("index");
+    let server = start(&index, &["--archive", archive.to_str().unwrap()]);
+    // Mid-run (some but not all photos stored), what is stored must be searchable.
+    let started = Instant::now();
+    let mut checked_mid_run = 0;
+    loop {
+        let (_, stats) = json(&server.base, "/api/stats");
+        let images = stats["indexed"].as_u64().unwrap();
+        if images as usize >= count {
+            break;
+        }
+        if images >= 20 {
+            // Vectors follow their records within about a second.
+            std::thread::sleep(Duration::from_millis(1500));
+            let (_, later) = json(&server.base, "/api/stats");
+            if (later["indexed"].as_u64().unwrap() as usize) < count {
+                assert!(
+                    later["vectors"].as_u64().unwrap() > 0,
+                    "{images} photos stored but no vector searchable: {later}"
+                );
+                let (status, found) = json(&server.base, "/api/search?q=cat&threshold=0&k=5");
+                assert_eq!(status, 200);
+                assert!(!found["hits"].as_array().unwrap().is_empty(), "{found}");
+                checked_mid_run += 1;
+            }
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(300),
+            "indexing stalled"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(
+        checked_mid_run > 0,
+        "the run ended before it could be observed mid-way (a faster machine: use more photos)"
+    );
+}
