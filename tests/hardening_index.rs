@@ -13,7 +13,7 @@ use std::time::Duration;
 use common::*;
 use serde_json::Value;
 use spotter_indexer::{Index, IndexRequest, IndexSettings, Progress};
-use spotter_model::{Device, ImageTower, ModelPackage, ProposalParams, RuntimeOptions};
+use spotter_model::ProposalParams;
 
 const PHOTOS: [&str; 6] = [
     "chelsea.png",
@@ -97,16 +97,6 @@ fn n(v: &Value, key: &str) -> u64 {
     v[key]
         .as_u64()
         .unwrap_or_else(|| panic!("no number {key} in {v}"))
-}
-
-fn starter() -> (ModelPackage, ImageTower) {
-    let package = ModelPackage::open(package_dir("starter")).unwrap();
-    let tower = ImageTower::load(
-        &package,
-        &RuntimeOptions::default().with_device(Device::Cpu),
-    )
-    .unwrap();
-    (package, tower)
 }
 
 /// Records, after each committed file, how many vectors the index could search.

@@ -10,7 +10,7 @@ use std::process::Stdio;
 
 use common::*;
 use spotter_indexer::{Index, IndexRequest, IndexSettings, NoProgress, RunReport};
-use spotter_model::{Device, ImageTower, ModelPackage, ProposalParams, RuntimeOptions};
+use spotter_model::{ImageTower, ModelPackage, ProposalParams};
 
 const PHOTOS: [&str; 6] = [
     "chelsea.png",
@@ -34,16 +34,6 @@ fn make_archive(dir: &Path, count: usize) {
         std::fs::create_dir_all(path.parent().unwrap()).unwrap();
         img.save(&path).unwrap();
     }
-}
-
-fn starter() -> (ModelPackage, ImageTower) {
-    let package = ModelPackage::open(package_dir("starter")).unwrap();
-    let tower = ImageTower::load(
-        &package,
-        &RuntimeOptions::default().with_device(Device::Cpu),
-    )
-    .unwrap();
-    (package, tower)
 }
 
 fn request(package: &ModelPackage, roots: &[&Path]) -> IndexRequest {

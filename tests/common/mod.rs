@@ -46,6 +46,17 @@ pub fn python() -> PathBuf {
     py
 }
 
+/// The starter package and its image tower on the CPU (for tests that drive the library).
+pub fn starter() -> (spotter_model::ModelPackage, spotter_model::ImageTower) {
+    let package = spotter_model::ModelPackage::open(package_dir("starter")).unwrap();
+    let tower = spotter_model::ImageTower::load(
+        &package,
+        &spotter_model::RuntimeOptions::default().with_device(spotter_model::Device::Cpu),
+    )
+    .unwrap();
+    (package, tower)
+}
+
 /// A fresh scratch folder under target/ for one test.
 pub fn scratch(test: &str) -> PathBuf {
     let dir = repo_root().join("target/test-scratch").join(test);
