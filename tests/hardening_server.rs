@@ -58,6 +58,42 @@ fn image_id_of(base: &str, path: &str) -> u64 {
         .unwrap_or_else(|| panic!("{path} not in the index: {body}"))
 }
 
+/// A large original that the model still finds a cat in: the sample cat upscaled with noise
+/// added, which does not compress (~10 MB at 2255×1500), so that a download is many writes.
+fn write_large_cat(path: &Path, width: u32, height: u32) {
+    let cat = image::open(sample("chelsea.png")).unwrap().to_rgb8();
+    let mut noise =
+        image::imageops::resize(&cat, width, height, image::imageops::FilterType::Triangle);
+    let mut x: u32 = 12345;
+    for p in noise.pixels_mut() {
+        x = x.wrapping_mul(1_103_515_245).wrapping_add(12345);
+        for c in p.0.iter_mut() {
+            *c = c.saturating_add(((x >> 24) & 15) as u8);
+        }
+    }
+    noise.save(path).unwrap();
+}
+
+/// Opens a connection with a small receive buffer and asks for `path` without reading.
+fn stalled_request(host: &str, path: &str) -> TcpStream {
+    use std::os::fd::AsRawFd;
+    let s = TcpStream::connect(host).unwrap();
+    let size: libc::c_int = 4096;
+    // SAFETY: a valid socket and a c_int option value of the right length.
+    unsafe {
+        libc::setsockopt(
+            s.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_RCVBUF,
+            (&size as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        );
+    }
+    (&s).write_all(format!("GET {path} HTTP/1.1\r\nHost: {host}\r\n\r\n").as_bytes())
+        .unwrap();
+    s
+}
+
 fn addr(base: &str) -> String {
     base.trim_start_matches("http://")
         .trim_end_matches('/')
@@ -110,19 +146,7 @@ fn aborted_downloads_and_pipelined_early_closes_do_not_kill_the_server() {
     let archive = dir.join("photos");
     std::fs::create_dir_all(&archive).unwrap();
     std::fs::copy(sample("chelsea.png"), archive.join("chelsea.png")).unwrap();
-    // A large original (the cat upscaled with noise added, which does not compress: ~10 MB),
-    // so that a download is many writes.
-    let cat = image::open(sample("chelsea.png")).unwrap().to_rgb8();
-    let mut noise =
-        image::imageops::resize(&cat, 2255, 1500, image::imageops::FilterType::Triangle);
-    let mut x: u32 = 12345;
-    for p in noise.pixels_mut() {
-        x = x.wrapping_mul(1_103_515_245).wrapping_add(12345);
-        for c in p.0.iter_mut() {
-            *c = c.saturating_add(((x >> 24) & 15) as u8);
-        }
-    }
-    noise.save(archive.join("noise.png")).unwrap();
+    write_large_cat(&archive.join("noise.png"), 2255, 1500);
     let index = dir.join("index");
     run_ok(&mut index_command(&archive, &index));
     for token in [None, Some("s3cret")] {
@@ -640,4 +664,149 @@ fn search_finds_new_photos_while_serve_indexes_in_the_background() {
         checked_mid_run > 0,
         "the run ended before it could be observed mid-way (a faster machine: use more photos)"
     );
+}
+
+#[test]
+fn clients_that_stop_reading_are_dropped_and_in_place_writes_end_a_download() {
+    let dir = scratch("hardening_stalled");
+    let archive = dir.join("photos");
+    std::fs::create_dir_all(&archive).unwrap();
+    write_large_cat(&archive.join("big.png"), 3000, 2000);
+    std::fs::copy(sample("coffee.png"), archive.join("coffee.png")).unwrap();
+    let index = dir.join("index");
+    run_ok(&mut index_command(&archive, &index));
+    let server = start(&index, &["--max-connections", "4", "--send-timeout", "2"]);
+    let host = addr(&server.base);
+    let big = image_id_of(&server.base, "big.png");
+    let size = std::fs::metadata(archive.join("big.png")).unwrap().len() as usize;
+
+    // Six downloads that are never read, against a limit of four connections.
+    let stalled: Vec<TcpStream> = (0..6)
+        .map(|_| stalled_request(&host, &format!("/api/images/{big}")))
+        .collect();
+    std::thread::sleep(Duration::from_secs(5));
+    let t = Instant::now();
+    let (status, _, _) = get(&server.base, "/api/health", &[]);
+    assert_eq!(status, 200);
+    assert!(
+        t.elapsed() < Duration::from_secs(5),
+        "health waited {:?}",
+        t.elapsed()
+    );
+    // (Four connection slots were held by non-reading clients: only dropping them let the health
+    // check in.)
+    drop(stalled);
+
+    // A file written in place while it is being sent ends the download.
+    let mut s = TcpStream::connect(&host).unwrap();
+    s.write_all(format!("GET /api/images/{big} HTTP/1.1\r\nHost: {host}\r\n\r\n").as_bytes())
+        .unwrap();
+    let mut first = vec![0u8; 64 * 1024];
+    s.read_exact(&mut first).unwrap();
+    {
+        use std::os::unix::fs::FileExt;
+        let f = std::fs::OpenOptions::new()
+            .write(true)
+            .open(archive.join("big.png"))
+            .unwrap();
+        f.write_all_at(&vec![b'A'; 1 << 20], size as u64 - (1 << 20))
+            .unwrap();
+    }
+    let mut got = first;
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let _ = s.read_to_end(&mut got);
+    assert!(got.len() < size, "the rewritten file was sent whole");
+    assert!(
+        !got.windows(4096).any(|w| w.iter().all(|&b| b == b'A')),
+        "the new bytes were sent"
+    );
+}
+
+#[test]
+fn cached_thumbnails_of_deleted_photos_are_not_served() {
+    let dir = scratch("hardening_thumb_cache");
+    let (archive, index) = index_photos(&dir, &["chelsea.png", "coffee.png"]);
+    let server = start(&index, &[]);
+    let (cat, _) = top_image(&server.base, "cat");
+    let (status, _, _) = get(&server.base, &format!("/api/thumbs/{cat}"), &[]);
+    assert_eq!(status, 200);
+    std::fs::remove_file(archive.join("chelsea.png")).unwrap();
+    let (status, _, _) = get(&server.base, &format!("/api/thumbs/{cat}"), &[]);
+    assert_eq!(status, 404, "a deleted photo's cached thumbnail was served");
+}
+
+#[test]
+fn odd_hosts_ids_and_token_spellings() {
+    let dir = scratch("hardening_odd");
+    let (_, index) = index_photos(&dir, &["chelsea.png"]);
+    let server = start(&index, &["--allow-host", "Photos.LAN:7878"]);
+    let host = addr(&server.base);
+    let raw = |request: String| -> u16 {
+        let mut s = TcpStream::connect(&host).unwrap();
+        s.write_all(request.as_bytes()).unwrap();
+        let mut out = String::new();
+        let _ = s.read_to_string(&mut out);
+        out.split_whitespace().nth(1).unwrap().parse().unwrap()
+    };
+    assert_eq!(status_for_host(&server.base, "photos.lan", ""), 200);
+    assert_eq!(status_for_host(&server.base, "[::1]evil.example", ""), 421);
+    assert_eq!(
+        raw("GET http://evil.example/api/health HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n".into()),
+        421
+    );
+    assert_eq!(
+        raw("GET /api/health HTTP/1.1\r\nHost: localhost\r\nHost: evil.example\r\nConnection: close\r\n\r\n".into()),
+        400
+    );
+    for id in ["+1", "01", "1%20"] {
+        let (status, _, _) = get(&server.base, &format!("/api/images/{id}"), &[]);
+        assert_eq!(status, 400, "{id}");
+    }
+    drop(server);
+    let out = spotter()
+        .args([
+            "serve",
+            "--addr",
+            "127.0.0.1:0",
+            "--allow-host",
+            ".",
+            "--index",
+        ])
+        .arg(&index)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--allow-host"));
+
+    // A token from the environment with a stray space works in a header.
+    let mut child = spotter()
+        .env("RUST_LOG", "error")
+        .env("SPOTTER_TOKEN", "abc123 \r")
+        .args([
+            "serve",
+            "--device",
+            "cpu",
+            "--addr",
+            "127.0.0.1:0",
+            "--index",
+        ])
+        .arg(&index)
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(child.stdout.take().unwrap()),
+        &mut line,
+    )
+    .unwrap();
+    let base = line
+        .split_whitespace()
+        .find(|w| w.starts_with("http://"))
+        .unwrap()
+        .to_string();
+    let (status, _, _) = get(&base, "/api/health", &[("Authorization", "Bearer abc123")]);
+    let _ = child.kill();
+    let _ = child.wait();
+    assert_eq!(status, 200);
 }

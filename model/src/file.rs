@@ -29,6 +29,20 @@ pub struct FileIdentity {
     pub ctime_ns: i64,
 }
 
+impl FileIdentity {
+    /// The identity in `fstat`/`stat` metadata.
+    pub fn of(meta: &std::fs::Metadata) -> Self {
+        use std::os::unix::fs::MetadataExt;
+        FileIdentity {
+            dev: meta.dev(),
+            ino: meta.ino(),
+            size: meta.size(),
+            mtime_ns: meta.mtime().saturating_mul(1_000_000_000) + meta.mtime_nsec(),
+            ctime_ns: meta.ctime().saturating_mul(1_000_000_000) + meta.ctime_nsec(),
+        }
+    }
+}
+
 /// An image file opened for reading: a regular file, opened without blocking.
 #[derive(Debug)]
 pub struct ImageFile {
@@ -70,7 +84,7 @@ impl ImageFile {
     /// With `follow_symlinks` false a symbolic link in the last component is refused
     /// (`O_NOFOLLOW`).
     pub fn open(path: &Path, follow_symlinks: bool) -> Result<Self> {
-        use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+        use std::os::unix::fs::OpenOptionsExt;
         let mut flags = libc::O_NONBLOCK | libc::O_NOCTTY;
         if !follow_symlinks {
             flags |= libc::O_NOFOLLOW;
@@ -96,13 +110,7 @@ impl ImageFile {
                 kind: kind_of(&meta),
             });
         }
-        let identity = FileIdentity {
-            dev: meta.dev(),
-            ino: meta.ino(),
-            size: meta.size(),
-            mtime_ns: meta.mtime().saturating_mul(1_000_000_000) + meta.mtime_nsec(),
-            ctime_ns: meta.ctime().saturating_mul(1_000_000_000) + meta.ctime_nsec(),
-        };
+        let identity = FileIdentity::of(&meta);
         Ok(ImageFile {
             file,
             path: path.to_path_buf(),
@@ -245,20 +253,34 @@ impl Seek for SeekableTake<'_> {
 ///
 /// Every decode reserves its estimated peak (decoded buffer, RGB conversion, rotation) before
 /// it allocates pixels and releases it when the decoded image has been turned into its 8-bit RGB
-/// result, so the pixels of all concurrent decodes (indexer threads, thumbnail requests) stay
-/// under the budget. One image larger than the whole budget waits until it can run alone.
+/// result and used, so the pixels of all concurrent decodes (indexer threads, thumbnail requests)
+/// stay under the budget. Reservations are granted in arrival order, so a large image is not
+/// starved by a stream of small ones; one image larger than the whole budget waits until nothing
+/// else is reserved and then runs alone.
 pub struct DecodeBudget {
-    capacity: Mutex<u64>,
-    used: Mutex<u64>,
+    state: Mutex<BudgetState>,
     freed: Condvar,
+}
+
+struct BudgetState {
+    capacity: u64,
+    used: u64,
+    /// The ticket the next caller takes.
+    next_ticket: u64,
+    /// The ticket allowed to reserve now.
+    serving: u64,
 }
 
 /// Default decode memory budget: 1 GiB.
 pub const DEFAULT_DECODE_BUDGET: u64 = 1 << 30;
 
 static BUDGET: DecodeBudget = DecodeBudget {
-    capacity: Mutex::new(DEFAULT_DECODE_BUDGET),
-    used: Mutex::new(0),
+    state: Mutex::new(BudgetState {
+        capacity: DEFAULT_DECODE_BUDGET,
+        used: 0,
+        next_ticket: 0,
+        serving: 0,
+    }),
     freed: Condvar::new(),
 };
 
@@ -273,47 +295,55 @@ impl DecodeBudget {
         &BUDGET
     }
 
+    // The state is plain counters, consistent after any panic, so a poisoned lock is used as is.
+    fn lock(&self) -> std::sync::MutexGuard<'_, BudgetState> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
     /// Sets the budget in bytes (at least 64 MiB).
     pub fn set_capacity(&self, bytes: u64) {
-        if let Ok(mut c) = self.capacity.lock() {
-            *c = bytes.max(64 << 20);
-        }
+        self.lock().capacity = bytes.max(64 << 20);
         self.freed.notify_all();
     }
 
     /// The budget in bytes.
     pub fn capacity(&self) -> u64 {
-        self.capacity
-            .lock()
-            .map(|c| *c)
-            .unwrap_or(DEFAULT_DECODE_BUDGET)
+        self.lock().capacity
     }
 
     /// Bytes reserved now.
     pub fn used(&self) -> u64 {
-        self.used.lock().map(|u| *u).unwrap_or(0)
+        self.lock().used
     }
 
-    /// Reserves `bytes`, waiting while other decodes hold too much. A request larger than the
-    /// budget waits until nothing else is reserved and then reserves the whole budget.
+    /// Reserves `bytes`, waiting (in arrival order) while other decodes hold too much. A request
+    /// larger than the budget waits until nothing else is reserved and then reserves the whole
+    /// budget.
     pub fn reserve(&'static self, bytes: u64) -> Result<BudgetGuard> {
-        let capacity = self.capacity();
-        let bytes = bytes.min(capacity);
-        let poisoned = |_| ModelError::Invalid("decode budget lock poisoned".into());
-        let mut used = self.used.lock().map_err(poisoned)?;
-        while *used + bytes > capacity && *used > 0 {
-            used = self.freed.wait(used).map_err(poisoned)?;
+        let mut state = self.lock();
+        let ticket = state.next_ticket;
+        state.next_ticket += 1;
+        loop {
+            let bytes = bytes.min(state.capacity);
+            if state.serving == ticket && (state.used + bytes <= state.capacity || state.used == 0)
+            {
+                state.used += bytes;
+                state.serving += 1;
+                drop(state);
+                self.freed.notify_all();
+                return Ok(BudgetGuard { bytes });
+            }
+            state = self.freed.wait(state).unwrap_or_else(|p| p.into_inner());
         }
-        *used += bytes;
-        Ok(BudgetGuard { bytes })
     }
 }
 
 impl Drop for BudgetGuard {
     fn drop(&mut self) {
         let budget = DecodeBudget::global();
-        if let Ok(mut used) = budget.used.lock() {
-            *used = used.saturating_sub(self.bytes);
+        {
+            let mut state = budget.lock();
+            state.used = state.used.saturating_sub(self.bytes);
         }
         budget.freed.notify_all();
     }
@@ -380,5 +410,36 @@ mod tests {
         drop(a);
         t.join().unwrap();
         assert!(done.load(std::sync::atomic::Ordering::SeqCst));
+    }
+
+    #[test]
+    fn a_large_reservation_is_not_starved_by_small_ones() {
+        let budget = DecodeBudget::global();
+        let cap = budget.capacity();
+        let order = std::sync::Arc::new(Mutex::new(Vec::new()));
+        let first = budget.reserve(cap / 4).unwrap();
+        let o = order.clone();
+        let large = std::thread::spawn(move || {
+            let _g = DecodeBudget::global().reserve(cap).unwrap();
+            o.lock().unwrap().push("large");
+        });
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        // Small requests arriving after the large one wait behind it.
+        let smalls: Vec<_> = (0..4)
+            .map(|_| {
+                let o = order.clone();
+                std::thread::spawn(move || {
+                    let _g = DecodeBudget::global().reserve(cap / 8).unwrap();
+                    o.lock().unwrap().push("small");
+                })
+            })
+            .collect();
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        drop(first);
+        large.join().unwrap();
+        for s in smalls {
+            s.join().unwrap();
+        }
+        assert_eq!(order.lock().unwrap()[0], "large");
     }
 }

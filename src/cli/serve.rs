@@ -50,6 +50,10 @@ pub struct ServeArgs {
     /// keep-alive connections are closed after it too.
     #[arg(long, default_value_t = 10)]
     pub header_timeout: u64,
+    /// Longest time, in seconds, a response may wait on a client that does not read it before
+    /// the connection is dropped.
+    #[arg(long, default_value_t = 30)]
+    pub send_timeout: u64,
     /// Most connections served at once.
     #[arg(long, default_value_t = 1024)]
     pub max_connections: usize,
@@ -91,12 +95,23 @@ fn token_of(args: &ServeArgs) -> Result<Option<String>> {
     } else {
         std::env::var("SPOTTER_TOKEN").ok()
     };
-    Ok(token.filter(|t| !t.trim().is_empty()))
+    // Every source is trimmed alike (a CRLF file or a stray space must not lock the header out).
+    Ok(token
+        .map(|t| t.trim().to_string())
+        .filter(|t| !t.is_empty()))
 }
 
 /// Runs `spotter serve`.
 pub fn run(args: &ServeArgs) -> Result<()> {
     let token = token_of(args)?;
+    for host in &args.allowed_hosts {
+        if crate::server::allowed_host_name(host).is_none() {
+            return Err(SpotterError::Usage(format!(
+                "--allow-host '{}' is not a host name (give a name such as photos.lan)",
+                host.escape_debug()
+            )));
+        }
+    }
     spotter_model::DecodeBudget::global().set_capacity(args.decode_memory.saturating_mul(1 << 20));
     let limits = spotter_model::DecodeLimits {
         max_pixels: args.max_pixels,
@@ -168,6 +183,7 @@ pub fn run(args: &ServeArgs) -> Result<()> {
         allowed_hosts: args.allowed_hosts.clone(),
         request_timeout: Duration::from_secs(args.request_timeout.max(1)),
         header_timeout: Duration::from_secs(args.header_timeout.max(1)),
+        send_timeout: Duration::from_secs(args.send_timeout.max(1)),
         max_connections: args.max_connections,
         thumb_size: args.thumb_size,
         thumb_cache_entries: args.thumb_cache,

@@ -7,6 +7,7 @@
 mod files;
 mod params;
 mod protect;
+mod stall;
 mod thumbs;
 
 use std::net::SocketAddr;
@@ -28,7 +29,7 @@ use crate::engine::{Cancel, SearchEngine};
 use crate::error::SpotterError;
 use files::VerifiedFiles;
 use params::{parse_search, RawParams};
-pub use protect::HostPolicy;
+pub use protect::{allowed_host_name, HostPolicy};
 use thumbs::ThumbCache;
 
 /// Server settings.
@@ -45,6 +46,9 @@ pub struct ServerConfig {
     pub request_timeout: Duration,
     /// Longest a client may take to send a request's headers (also the idle keep-alive limit).
     pub header_timeout: Duration,
+    /// Longest a response write may make no progress (a client that stopped reading) before
+    /// the connection is dropped.
+    pub send_timeout: Duration,
     /// Most connections served at once (more wait in the kernel's backlog).
     pub max_connections: usize,
     /// Longest side of thumbnails in pixels.
@@ -144,7 +148,7 @@ pub fn router(engine: Arc<SearchEngine>, config: &ServerConfig) -> Router {
             names: config
                 .allowed_hosts
                 .iter()
-                .map(|h| h.trim().trim_end_matches('.').to_ascii_lowercase())
+                .filter_map(|h| protect::allowed_host_name(h))
                 .collect(),
         }),
         request_timeout: config.request_timeout,
@@ -231,6 +235,7 @@ pub async fn serve(engine: Arc<SearchEngine>, config: ServerConfig) -> crate::er
         };
         let _ = stream.set_nodelay(true);
         let service = hyper_util::service::TowerToHyperService::new(app.clone());
+        let stream = stall::StallTimeout::new(stream, config.send_timeout);
         let connection = http.serve_connection(TokioIo::new(stream), service);
         let watched = graceful.watch(connection);
         tokio::spawn(async move {
@@ -244,14 +249,16 @@ pub async fn serve(engine: Arc<SearchEngine>, config: ServerConfig) -> crate::er
         "shutting down (waiting up to {} s for requests in flight)",
         SHUTDOWN_GRACE.as_secs()
     );
-    if tokio::time::timeout(SHUTDOWN_GRACE, graceful.shutdown())
-        .await
-        .is_err()
-    {
-        eprintln!(
-            "requests still running after {} s: stopping anyway",
-            SHUTDOWN_GRACE.as_secs()
-        );
+    tokio::select! {
+        finished = tokio::time::timeout(SHUTDOWN_GRACE, graceful.shutdown()) => {
+            if finished.is_err() {
+                eprintln!(
+                    "requests still running after {} s: stopping anyway",
+                    SHUTDOWN_GRACE.as_secs()
+                );
+            }
+        }
+        _ = shutdown_signal() => eprintln!("second stop signal: stopping now"),
     }
     Ok(())
 }
@@ -347,10 +354,10 @@ async fn similar(
     Path(proposal): Path<String>,
     Query(raw): Query<RawParams>,
 ) -> ApiResult<Json<serde_json::Value>> {
-    let proposal: u64 = proposal.parse().map_err(|_| {
+    let proposal = canonical_id(&proposal).ok_or_else(|| {
         ApiError(
             StatusCode::BAD_REQUEST,
-            format!("'{proposal}' is not a proposal id"),
+            format!("'{}' is not a proposal id", proposal.escape_debug()),
         )
     })?;
     let (_, mut params, group_images) =
@@ -369,11 +376,19 @@ async fn similar(
     Ok(Json(value))
 }
 
+/// An id in its one canonical spelling: decimal digits, no sign, no leading zero.
+fn canonical_id(id: &str) -> Option<u64> {
+    let canonical = !id.is_empty()
+        && id.bytes().all(|b| b.is_ascii_digit())
+        && (id == "0" || !id.starts_with('0'));
+    canonical.then(|| id.parse().ok()).flatten()
+}
+
 fn parse_id(id: &str) -> ApiResult<u64> {
-    id.parse().map_err(|_| {
+    canonical_id(id).ok_or_else(|| {
         ApiError(
             StatusCode::BAD_REQUEST,
-            format!("'{id}' is not an image id"),
+            format!("'{}' is not an image id", id.escape_debug()),
         )
     })
 }
@@ -401,20 +416,15 @@ async fn original(
 ) -> ApiResult<Response> {
     let id = parse_id(&id)?;
     let st = state.clone();
-    let (file, len, kind) = file_work(&state, move || {
+    let (file, identity, kind) = file_work(&state, move || {
         let (file, info) = st.files.open(st.engine.index(), id)?;
-        let len = file.len();
+        let identity = file.identity();
         let file = file
             .into_file()
             .map_err(|e| SpotterError::NotFound(format!("image {id} cannot be read: {e}")))?;
-        Ok((file, len, content_type(&info.path)))
+        Ok((file, identity, content_type(&info.path)))
     })
     .await?;
-    // Streamed from the verified open file: memory stays flat however large the original is.
-    let stream = tokio_util::io::ReaderStream::with_capacity(
-        tokio::io::AsyncReadExt::take(tokio::fs::File::from_std(file), len),
-        64 * 1024,
-    );
     Ok((
         [
             (header::CONTENT_TYPE, HeaderValue::from_static(kind)),
@@ -422,11 +432,53 @@ async fn original(
                 header::CACHE_CONTROL,
                 HeaderValue::from_static("private, max-age=3600"),
             ),
-            (header::CONTENT_LENGTH, HeaderValue::from(len)),
+            (header::CONTENT_LENGTH, HeaderValue::from(identity.size)),
         ],
-        Body::from_stream(stream),
+        Body::from_stream(verified_stream(file, identity)),
     )
         .into_response())
+}
+
+/// The bytes of a verified file, streamed (memory stays flat however large it is). After each
+/// chunk is read the file's identity is checked again, so a file written in place while it is
+/// being sent ends the response (the client sees a short body) instead of sending the new bytes.
+fn verified_stream(
+    file: std::fs::File,
+    verified: spotter_model::FileIdentity,
+) -> impl futures_util::Stream<Item = std::io::Result<axum::body::Bytes>> + Send {
+    const CHUNK: u64 = 64 * 1024;
+    let file = tokio::fs::File::from_std(file);
+    futures_util::stream::unfold(
+        (file, verified.size),
+        move |(mut file, remaining)| async move {
+            use tokio::io::AsyncReadExt;
+            if remaining == 0 {
+                return None;
+            }
+            let mut buf = vec![0u8; CHUNK.min(remaining) as usize];
+            let item = match file.read(&mut buf).await {
+                Ok(0) => Err(std::io::Error::new(
+                    std::io::ErrorKind::UnexpectedEof,
+                    "the file shrank while it was being sent",
+                )),
+                Ok(n) => match file.metadata().await {
+                    Ok(meta) if spotter_model::FileIdentity::of(&meta) == verified => {
+                        buf.truncate(n);
+                        return Some((Ok(buf.into()), (file, remaining - n as u64)));
+                    }
+                    Ok(_) => Err(std::io::Error::other(
+                        "the file changed while it was being sent",
+                    )),
+                    Err(e) => Err(e),
+                },
+                Err(e) => Err(e),
+            };
+            if let Err(e) = &item {
+                tracing::warn!(error = %e, "an original download was stopped");
+            }
+            Some((item.map(|_: ()| axum::body::Bytes::new()), (file, 0)))
+        },
+    )
 }
 
 async fn thumbnail(

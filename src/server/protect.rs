@@ -34,15 +34,8 @@ impl HostPolicy {
     /// literal when bound to all interfaces, and the configured names.
     pub fn allows(&self, host: &str) -> bool {
         let host = host.trim().to_ascii_lowercase();
-        let name = match host.strip_prefix('[') {
-            Some(rest) => rest.split(']').next().unwrap_or(""),
-            None => host.rsplit_once(':').map_or(host.as_str(), |(h, port)| {
-                if port.chars().all(|c| c.is_ascii_digit()) {
-                    h
-                } else {
-                    host.as_str()
-                }
-            }),
+        let Some(name) = host_name(&host) else {
+            return false;
         };
         let name = name.trim_end_matches('.');
         if name == "localhost" || name.ends_with(".localhost") {
@@ -53,6 +46,30 @@ impl HostPolicy {
         }
         self.names.iter().any(|n| n == name)
     }
+}
+
+/// The name in a `Host:` value (`name`, `name:port`, `[v6]`, `[v6]:port`), or `None` when the
+/// value is malformed.
+fn host_name(host: &str) -> Option<&str> {
+    let port_ok = |p: &str| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit());
+    if let Some(rest) = host.strip_prefix('[') {
+        let (inside, after) = rest.split_once(']')?;
+        let fine = after.is_empty() || after.strip_prefix(':').is_some_and(port_ok);
+        return fine.then_some(inside);
+    }
+    match host.split_once(':') {
+        None => Some(host),
+        Some((name, port)) if port_ok(port) => Some(name),
+        Some(_) => None,
+    }
+}
+
+/// Normalises an `--allow-host` value: lower case, without a port or trailing dot; `None` when
+/// nothing is left.
+pub fn allowed_host_name(given: &str) -> Option<String> {
+    let lower = given.trim().to_ascii_lowercase();
+    let name = host_name(&lower)?.trim_end_matches('.');
+    (!name.is_empty()).then(|| name.to_string())
 }
 
 /// Security headers on every response, and a JSON body on every error response that lacks one
@@ -135,11 +152,18 @@ pub async fn check_host(
 ) -> Response {
     if state.token.is_none() {
         if let Some(policy) = &state.hosts {
-            let host = request
-                .headers()
-                .get(header::HOST)
-                .map(|v| v.to_str().unwrap_or("\u{fffd}"))
-                .or_else(|| request.uri().host());
+            if request.headers().get_all(header::HOST).iter().count() > 1 {
+                return ApiError(StatusCode::BAD_REQUEST, "more than one Host header".into())
+                    .into_response();
+            }
+            // An absolute-form target's authority wins over the Host header (RFC 9112 3.2.2).
+            let authority = request.uri().authority().map(|a| a.as_str().to_string());
+            let host = authority.as_deref().or_else(|| {
+                request
+                    .headers()
+                    .get(header::HOST)
+                    .map(|v| v.to_str().unwrap_or("\u{fffd}"))
+            });
             if let Some(host) = host {
                 if !policy.allows(host) {
                     return ApiError(
@@ -287,6 +311,20 @@ mod tests {
         };
         assert!(any.allows("192.168.1.5:7878"));
         assert!(!any.allows("rebind.example"));
+    }
+
+    #[test]
+    fn allowed_host_names_are_normalised() {
+        assert_eq!(
+            allowed_host_name("Photos.LAN:7878").as_deref(),
+            Some("photos.lan")
+        );
+        assert_eq!(
+            allowed_host_name("photos.lan.").as_deref(),
+            Some("photos.lan")
+        );
+        assert_eq!(allowed_host_name(""), None);
+        assert_eq!(allowed_host_name("."), None);
     }
 
     #[test]
