@@ -1,7 +1,9 @@
 //! The HTTP server: JSON API over the search engine, thumbnails, originals by id, and the
-//! embedded web page. Every error is answered as JSON `{"error": "..."}`; every response carries
+//! embedded web page. Every error a route or layer produces is JSON `{"error": "..."}` (requests
+//! hyper rejects while parsing get its empty replies); every response carries
 //! security headers. Connections are served by hyper directly (not `axum::serve`) so that slow
-//! or stalled clients are cut off by a header-read timeout and a connection limit, and a stop
+//! or stalled clients are cut off by a header-read timeout, a send timeout and a connection
+//! limit, and a stop
 //! (Ctrl-C, SIGTERM) ends within a bounded time.
 
 mod files;
