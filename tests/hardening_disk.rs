@@ -43,17 +43,7 @@ fn search(index: &Path) -> String {
 fn a_full_disk_stops_the_run_clearly_and_it_resumes_identically() {
     let dir = scratch("hardening_disk_full");
     let archive = dir.join("photos");
-    std::fs::create_dir_all(&archive).unwrap();
-    let names = ["chelsea.png", "coffee.png", "astronaut.png", "rocket.jpg"];
-    let photos: Vec<image::RgbImage> = names
-        .iter()
-        .map(|n| image::open(sample(n)).unwrap().to_rgb8())
-        .collect();
-    for i in 0..120 {
-        let mut img = photos[i % photos.len()].clone();
-        img.put_pixel(0, 0, image::Rgb([i as u8, 0, 5]));
-        img.save(archive.join(format!("p{i:03}.png"))).unwrap();
-    }
+    distinct_photos(&archive, 120);
     let mount = dir.join("small-disk");
     std::fs::create_dir_all(&mount).unwrap();
     // The finished index takes about 1 MB; 600 KB fills up mid-run.

@@ -615,18 +615,8 @@ fn non_utf8_file_names_are_served_by_id() {
 fn search_finds_new_photos_while_serve_indexes_in_the_background() {
     let dir = scratch("hardening_background");
     let archive = dir.join("photos");
-    std::fs::create_dir_all(&archive).unwrap();
-    let names = ["chelsea.png", "coffee.png", "astronaut.png", "rocket.jpg"];
-    let photos: Vec<image::RgbImage> = names
-        .iter()
-        .map(|n| image::open(sample(n)).unwrap().to_rgb8())
-        .collect();
     let count = 160;
-    for i in 0..count {
-        let mut img = photos[i % photos.len()].clone();
-        img.put_pixel(0, 0, image::Rgb([i as u8, (i / 256) as u8, 7]));
-        img.save(archive.join(format!("p{i:03}.png"))).unwrap();
-    }
+    distinct_photos(&archive, count);
     let index = dir.join("index");
     let server = start(&index, &["--archive", archive.to_str().unwrap()]);
     // Mid-run (some but not all photos stored), what is stored must be searchable.

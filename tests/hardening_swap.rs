@@ -5,31 +5,16 @@
 mod common;
 
 use std::io::{BufRead, BufReader};
-use std::path::Path;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use common::*;
 
-/// `n` distinct photos (each sample with one pixel changed per copy, so none is a copy of
-/// another and every one goes through the model).
-fn make_archive(dir: &Path, n: usize) {
-    std::fs::create_dir_all(dir).unwrap();
-    let names = ["chelsea.png", "coffee.png", "astronaut.png", "rocket.jpg"];
-    for i in 0..n {
-        let mut img = image::open(sample(names[i % names.len()]))
-            .unwrap()
-            .to_rgb8();
-        img.put_pixel(0, 0, image::Rgb([i as u8, (i * 7) as u8, 3]));
-        img.save(dir.join(format!("p{i:03}.png"))).unwrap();
-    }
-}
-
 #[test]
 fn a_fifo_or_device_swapped_in_after_the_walk_fails_fast() {
     let dir = scratch("hardening_swap_indexer");
     let archive = dir.join("photos");
-    make_archive(&archive, 40);
+    distinct_photos(&archive, 40);
     let mut child = index_command(&archive, &dir.join("index"))
         .args(["--threads", "1", "--batch", "1", "--json"])
         .env("RUST_LOG", "spotter=debug")

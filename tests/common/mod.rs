@@ -57,6 +57,22 @@ pub fn starter() -> (spotter_model::ModelPackage, spotter_model::ImageTower) {
     (package, tower)
 }
 
+/// Writes `count` distinct photos `p000.png`, `p001.png`, … into `dir`: the sample photos in
+/// turn, each with one pixel changed, so that none is a copy of another and every one goes
+/// through the model.
+pub fn distinct_photos(dir: &Path, count: usize) {
+    std::fs::create_dir_all(dir).unwrap();
+    let photos: Vec<image::RgbImage> = ["chelsea.png", "coffee.png", "astronaut.png", "rocket.jpg"]
+        .iter()
+        .map(|n| image::open(sample(n)).unwrap().to_rgb8())
+        .collect();
+    for i in 0..count {
+        let mut img = photos[i % photos.len()].clone();
+        img.put_pixel(0, 0, image::Rgb([(i % 256) as u8, (i / 256) as u8, 5]));
+        img.save(dir.join(format!("p{i:03}.png"))).unwrap();
+    }
+}
+
 /// A fresh scratch folder under target/ for one test.
 pub fn scratch(test: &str) -> PathBuf {
     let dir = repo_root().join("target/test-scratch").join(test);
