@@ -769,34 +769,11 @@ fn odd_hosts_ids_and_token_spellings() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("--allow-host"));
 
     // A token from the environment with a stray space works in a header.
-    let mut child = spotter()
-        .env("RUST_LOG", "error")
-        .env("SPOTTER_TOKEN", "abc123 \r")
-        .args([
-            "serve",
-            "--device",
-            "cpu",
-            "--addr",
-            "127.0.0.1:0",
-            "--index",
-        ])
-        .arg(&index)
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut line = String::new();
-    std::io::BufRead::read_line(
-        &mut std::io::BufReader::new(child.stdout.take().unwrap()),
-        &mut line,
-    )
-    .unwrap();
-    let base = line
-        .split_whitespace()
-        .find(|w| w.starts_with("http://"))
-        .unwrap()
-        .to_string();
-    let (status, _, _) = get(&base, "/api/health", &[("Authorization", "Bearer abc123")]);
-    let _ = child.kill();
-    let _ = child.wait();
+    let server = start_with_env(&index, &[], &[("SPOTTER_TOKEN", "abc123 \r")]);
+    let (status, _, _) = get(
+        &server.base,
+        "/api/health",
+        &[("Authorization", "Bearer abc123")],
+    );
     assert_eq!(status, 200);
 }

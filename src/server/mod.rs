@@ -458,27 +458,23 @@ fn verified_stream(
                 return None;
             }
             let mut buf = vec![0u8; CHUNK.min(remaining) as usize];
-            let item = match file.read(&mut buf).await {
-                Ok(0) => Err(std::io::Error::new(
+            let error = match file.read(&mut buf).await {
+                Ok(0) => std::io::Error::new(
                     std::io::ErrorKind::UnexpectedEof,
                     "the file shrank while it was being sent",
-                )),
+                ),
                 Ok(n) => match file.metadata().await {
                     Ok(meta) if spotter_model::FileIdentity::of(&meta) == verified => {
                         buf.truncate(n);
                         return Some((Ok(buf.into()), (file, remaining - n as u64)));
                     }
-                    Ok(_) => Err(std::io::Error::other(
-                        "the file changed while it was being sent",
-                    )),
-                    Err(e) => Err(e),
+                    Ok(_) => std::io::Error::other("the file changed while it was being sent"),
+                    Err(e) => e,
                 },
-                Err(e) => Err(e),
+                Err(e) => e,
             };
-            if let Err(e) = &item {
-                tracing::warn!(error = %e, "an original download was stopped");
-            }
-            Some((item.map(|_: ()| axum::body::Bytes::new()), (file, 0)))
+            tracing::warn!(error = %error, "an original download was stopped");
+            Some((Err(error), (file, 0)))
         },
     )
 }

@@ -24,8 +24,14 @@ impl Drop for Server {
 
 /// Starts `spotter serve` on `index` at a free port (extra arguments appended).
 pub fn start(index: &Path, extra: &[&str]) -> Server {
+    start_with_env(index, extra, &[])
+}
+
+/// [`start`] with extra environment variables.
+pub fn start_with_env(index: &Path, extra: &[&str], env: &[(&str, &str)]) -> Server {
     let mut child = spotter()
         .env("RUST_LOG", "error")
+        .envs(env.iter().copied())
         .args([
             "serve",
             "--device",
