@@ -7,6 +7,15 @@ cd "$ROOT"
 
 bash scripts/setup.sh
 
+# The reference implementations the tests compare with (pycocotools, scikit-learn, sentencepiece).
+TEST_REQ_STAMP=.venv/.test-requirements.sha256
+TEST_REQ_HASH="$(sha256sum scripts/test-requirements.txt | cut -d' ' -f1)"
+if [[ "$(cat "$TEST_REQ_STAMP" 2>/dev/null)" != "$TEST_REQ_HASH" ]]; then
+  echo; echo "==> reference implementations for the tests (scripts/test-requirements.txt)"
+  .venv/bin/pip install --quiet --disable-pip-version-check -r scripts/test-requirements.txt
+  echo "$TEST_REQ_HASH" > "$TEST_REQ_STAMP"
+fi
+
 # The browser test drives Debian's Chromium with playwright-core (no browser download).
 if [[ ! -x /usr/bin/chromium && -z "${CHROMIUM:-}" ]]; then
   echo; echo "==> Chromium for the browser test (Debian package)"

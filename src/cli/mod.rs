@@ -60,10 +60,14 @@ pub enum Command {
     ///
     /// For each category name (as a text query) an image is retrieved when its best proposal's
     /// probability exceeds --threshold; ground truth = images with at least one box of the
-    /// category; per-category precision/recall/F1, macro-averaged, and a threshold sweep. AP
-    /// ranks images by that best probability. Box top-1: the best proposal of a positive image
+    /// category, crowd regions included unless --crowd exclude; per-category
+    /// precision/recall/F1, macro-averaged, and a threshold sweep. AP ranks images by that best
+    /// probability (tied images are one step, as scikit-learn's average_precision_score). Box top-1: the best proposal of a positive image
     /// overlaps a true box at IoU >= 0.5. AR@100/@300: class-agnostic recall of true boxes by
-    /// the most objective proposals, averaged over IoU 0.50:0.05:0.95.
+    /// the most objective proposals, matched one-to-one, averaged over IoU 0.50:0.05:0.95, as
+    /// WeDetect's eval_recalls and (coco_ar_*) as pycocotools' COCOeval with useCats=0. Index
+    /// with --proposal-profile reference-eval for AR@300. --proposals evaluates a COCO results
+    /// file instead of an index.
     Eval(eval::EvalArgs),
     /// Detect and score objects in one image against texts (the model demo).
     ///
@@ -120,9 +124,24 @@ impl ModelArgs {
     }
 }
 
+/// Named sets of proposal post-processing parameters.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum ProposalProfile {
+    /// The model package's defaults (for WeDetect-Uni: objectness ≥ 0.1, NMS 0.7, 100 kept, as
+    /// the reference `infer_anything.py`).
+    Manifest,
+    /// What WeDetect's evaluations keep (`eval_recall.py`, `eval_retrieval/extract_embedding.py`):
+    /// no objectness threshold, NMS 0.7, 300 per image; makes AR@300 meaningful, costs ~3× the
+    /// storage of the default.
+    ReferenceEval,
+}
+
 /// Overrides of the manifest's proposal post-processing.
 #[derive(Debug, Clone, Args)]
 pub struct ProposalArgs {
+    /// Starting set of parameters, which the three options below override.
+    #[arg(long, value_enum, default_value_t = ProposalProfile::Manifest)]
+    pub proposal_profile: ProposalProfile,
     /// Minimum objectness of a proposal (default: the manifest's).
     #[arg(long)]
     pub objectness: Option<f32>,
@@ -138,6 +157,11 @@ impl ProposalArgs {
     /// The manifest's defaults with these overrides applied.
     pub fn params(&self, package: &ModelPackage) -> spotter_model::ProposalParams {
         let mut params = spotter_model::ProposalParams::from(&package.manifest.proposals);
+        if self.proposal_profile == ProposalProfile::ReferenceEval {
+            params.objectness_threshold = 0.0;
+            params.nms_iou = 0.7;
+            params.max_per_image = 300;
+        }
         if let Some(t) = self.objectness {
             params.objectness_threshold = t;
         }

@@ -1,0 +1,77 @@
+//! `spotter eval` against the reference implementations themselves (`scripts/check_eval.py`):
+//! COCOeval (pycocotools) for one-to-one proposal recall, scikit-learn for AP with tied scores,
+//! `COCO.getImgIds` for crowd-region positives, to 1e-6, on sets with duplicated and overlapping
+//! true boxes, crowd and `ignore` boxes, tied scores and more than 300 proposals per image.
+//! With `SPOTTER_WEDETECT_REPO` set to a WeDetect checkout it also compares with WeDetect's own
+//! `eval_recall/recall.py: eval_recalls`.
+
+mod common;
+
+use std::process::Command;
+
+use common::*;
+
+#[test]
+fn eval_equals_pycocotools_and_scikit_learn() {
+    let bin = std::env::var_os("SPOTTER_TEST_BIN")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| env!("CARGO_BIN_EXE_spotter").into());
+    let mut cmd = Command::new(python());
+    cmd.arg(repo_root().join("scripts/check_eval.py"))
+        .arg("--spotter")
+        .arg(&bin);
+    if let Some(repo) = std::env::var_os("SPOTTER_WEDETECT_REPO") {
+        cmd.arg("--wedetect-repo").arg(repo);
+    }
+    let out = cmd.output().expect("spawn python");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "scripts/check_eval.py found differences:\n{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("agrees with pycocotools"), "{stdout}");
+}
+
+/// `--proposal-profile reference-eval` keeps what WeDetect's evaluations keep (300 per image, no
+/// objectness threshold), so AR@300 is measured instead of repeating AR@100.
+#[test]
+fn reference_eval_profile_makes_ar_300_meaningful() {
+    let root = scratch("eval-profile");
+    let set = root.join("set");
+    run_python("make_eval_set.py", &[&set.display().to_string()]);
+    let images = set.join("images");
+    let annotations = set.join("annotations.json");
+    let report = |index: &std::path::Path| -> serde_json::Value {
+        serde_json::from_slice(&run_ok(
+            spotter()
+                .args(["eval", "--json", "--device", "cpu", "--annotations"])
+                .arg(&annotations)
+                .arg("--images")
+                .arg(&images)
+                .arg("--index")
+                .arg(index),
+        ))
+        .unwrap()
+    };
+    let default_index = root.join("default");
+    run_ok(&mut index_command(&images, &default_index));
+    let default = report(&default_index);
+    assert!(default["max_proposals_per_image"].as_u64().unwrap() <= 100);
+    assert_eq!(default["ar_300"], default["ar_100"]);
+
+    let full_index = root.join("reference-eval");
+    run_ok(index_command(&images, &full_index).args(["--proposal-profile", "reference-eval"]));
+    let full = report(&full_index);
+    let most = full["max_proposals_per_image"].as_u64().unwrap();
+    assert!(
+        (101..=300).contains(&most),
+        "max proposals per image {most}"
+    );
+    let (ar100, ar300) = (
+        full["ar_100"].as_f64().unwrap(),
+        full["ar_300"].as_f64().unwrap(),
+    );
+    assert!(ar300 > ar100, "AR@300 {ar300} should exceed AR@100 {ar100}");
+    assert!(full["coco_ar_300"].as_f64().unwrap() >= full["coco_ar_100"].as_f64().unwrap());
+}
