@@ -128,6 +128,33 @@ pub struct ImageSpec {
     pub resize_filter: ResizeFilter,
     /// Output names.
     pub outputs: ImageOutputs,
+    /// How the graph computes its objectness output (recorded by the exporter; informative).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub objectness: Option<ObjectnessSpec>,
+}
+
+/// The rule a WeDetect-Uni graph's objectness follows, fixed at export.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum ObjectnessRule {
+    /// The maximum over all learned prompts, used raw (WeDetect's `eval_recall.py`).
+    MaxOverPrompts,
+    /// Prompt 0, raw (`generate_proposal.py`, the reference deploy model).
+    Prompt0,
+    /// Prompt 0, L2-normalised (as training scores it).
+    Prompt0Normalised,
+}
+
+/// `image.objectness` of a manifest.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct ObjectnessSpec {
+    /// The rule.
+    pub rule: ObjectnessRule,
+    /// Number of learned prompts in the checkpoint.
+    pub prompts: usize,
+    /// Norm of prompt 0 (training normalises it; the reference inference does not).
+    pub prompt0_norm: f32,
 }
 
 /// The text graph and its tokenizer.

@@ -76,6 +76,12 @@ fn print_package(p: &ModelPackage) {
         m.proposals.max_per_image,
         m.scoring.default_threshold
     );
+    if let Some(o) = &m.image.objectness {
+        println!(
+            "  objectness rule: {:?} ({} learned prompts, |p0| = {:.4})",
+            o.rule, o.prompts, o.prompt0_norm
+        );
+    }
     println!(
         "  text: query template {:?}, max {} tokens",
         m.text.query_template, m.text.max_length
