@@ -13,9 +13,10 @@ cannot be downloaded. Their scores mean nothing; their shapes, key layouts and c
   without mmengine is exercised.
 
 Calibration (so that the post-processing sees realistic counts): exp(logit_scale) per level is
-set to the Base-Uni constants; prompts 1..255 are shrunk to 0.1x so that prompt 0 dominates, as
-after training; each level's bias is set so that about --pass-rate of the candidates of the
-calibration image pass objectness 0.1 with prompt 0.
+set to the Base-Uni constants; prompt 0 is scaled so that its logits on the calibration image
+have a standard deviation of 2 (clear winners, as a trained prompt gives), prompts 1..255 are
+shrunk to 0.1x so that prompt 0 dominates, as after training; each level's bias is set so that
+about --pass-rate of the candidates of the calibration image pass objectness 0.1.
 
     python scripts/wedetect/random_checkpoints.py --wedetect-repo W --size base --out DIR [--image photo.jpg]
 
@@ -89,6 +90,10 @@ def main():
     counts = [(side // s) ** 2 for s in (8, 16, 32)]
     scores, _, embeds = deploy(x)  # bias 0: logit = scale * <e, p0>
     logits = torch.logit(scores[0, :, 0].clamp(1e-7, 1 - 1e-7))
+    # spread prompt 0's logits (std 2) so that objectness has clear winners, as trained prompts do
+    spread = 2.0 / float(logits.std())
+    detector.embeddings[0] *= spread
+    logits = logits * spread
     start = 0
     for i, n in enumerate(counts):
         q = float(torch.quantile(logits[start:start + n], 1 - args.pass_rate))

@@ -26,6 +26,10 @@ pub struct DetectArgs {
     /// Print JSON lines instead of a table.
     #[arg(long)]
     pub json: bool,
+    /// With --json: add each proposal's embedding as the image graph gave it (the stored vector
+    /// divided by its level's scale), for comparisons with other implementations.
+    #[arg(long, requires = "json")]
+    pub embeddings: bool,
     /// Save a copy of the image with the reported boxes drawn on it (PNG or JPEG by extension).
     #[arg(long, value_name = "FILE")]
     pub out: Option<PathBuf>,
@@ -47,6 +51,8 @@ pub struct Detection {
     /// `x1, y1, x2, y2` in image pixels (displayed orientation).
     #[serde(rename = "box")]
     pub bbox: [f32; 4],
+    /// The graph's embedding (only with `--embeddings`).
+    pub embedding: Option<Vec<f32>>,
 }
 
 /// Parses "a, b,,c" into ["a", "b", "c"].
@@ -100,12 +106,24 @@ pub fn run(args: &DetectArgs) -> Result<()> {
             let best = (0..scores.len())
                 .max_by(|&a, &b| scores[a].total_cmp(&scores[b]))
                 .unwrap_or(0);
+            let embedding = args.embeddings.then(|| {
+                let scale = manifest
+                    .scoring
+                    .levels
+                    .get(p.level as usize)
+                    .map_or(1.0, |l| l.scale);
+                p.vector[..manifest.embedding_dim]
+                    .iter()
+                    .map(|v| v / scale)
+                    .collect()
+            });
             Detection {
                 label: texts[best].clone(),
                 score: scores[best],
                 scores,
                 objectness: p.objectness,
                 bbox: p.bbox,
+                embedding,
             }
         })
         .filter(|d| d.score >= threshold)
@@ -114,11 +132,14 @@ pub fn run(args: &DetectArgs) -> Result<()> {
 
     if args.json {
         for d in &detections {
-            let line = serde_json::json!({
+            let mut line = serde_json::json!({
                 "image": args.image, "label": d.label, "score": d.score,
                 "scores": texts.iter().zip(&d.scores).collect::<std::collections::BTreeMap<_, _>>(),
                 "objectness": d.objectness, "box": d.bbox,
             });
+            if let Some(e) = &d.embedding {
+                line["embedding"] = serde_json::json!(e);
+            }
             println!("{line}");
         }
     } else {
