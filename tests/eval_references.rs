@@ -60,6 +60,52 @@ fn reference_eval_profile_makes_ar_300_meaningful() {
     assert!(default["max_proposals_per_image"].as_u64().unwrap() <= 100);
     assert_eq!(default["ar_300"], default["ar_100"]);
 
+    // The reported defect: with every true box listed twice, one proposal used to cover both
+    // copies (AR unchanged, 0.4828, where COCOeval and WeDetect's eval_recalls give 0.2414).
+    let mut doubled: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&annotations).unwrap()).unwrap();
+    let anns = doubled["annotations"].as_array().unwrap().clone();
+    let next = anns
+        .iter()
+        .filter_map(|a| a["id"].as_u64())
+        .max()
+        .unwrap_or(0)
+        + 1;
+    let copies: Vec<serde_json::Value> = anns
+        .iter()
+        .enumerate()
+        .map(|(i, a)| {
+            let mut c = a.clone();
+            c["id"] = serde_json::json!(next + i as u64);
+            c
+        })
+        .collect();
+    doubled["annotations"]
+        .as_array_mut()
+        .unwrap()
+        .extend(copies);
+    let doubled_path = root.join("doubled.json");
+    std::fs::write(&doubled_path, doubled.to_string()).unwrap();
+    let twice: serde_json::Value = serde_json::from_slice(&run_ok(
+        spotter()
+            .args(["eval", "--json", "--device", "cpu", "--annotations"])
+            .arg(&doubled_path)
+            .arg("--images")
+            .arg(&images)
+            .arg("--index")
+            .arg(&default_index),
+    ))
+    .unwrap();
+    let (once, doubled_ar) = (
+        default["ar_100"].as_f64().unwrap(),
+        twice["ar_100"].as_f64().unwrap(),
+    );
+    assert!(
+        doubled_ar <= 0.55 * once,
+        "AR@100 with duplicated boxes {doubled_ar}, once {once}: a proposal matched two true boxes"
+    );
+    assert_eq!(twice["ar_100"], twice["coco_ar_100"]);
+
     let full_index = root.join("reference-eval");
     run_ok(index_command(&images, &full_index).args(["--proposal-profile", "reference-eval"]));
     let full = report(&full_index);
