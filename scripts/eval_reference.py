@@ -21,9 +21,8 @@ Metric, as WeDetect's object-retrieval evaluation defines it (eval_retrieval/ret
     evaluated; their retrieved counts are listed under "unevaluated"). Unlike WeDetect's script the
     per-category values are not rounded to 4 decimals before averaging.
 Added here (not in WeDetect's script):
-  * ap: all images ranked by score (descending; ties by ascending image id; images without
-    proposals last, by image id); non-interpolated AP = mean over the positive images of the
-    precision at the rank of each positive (positives ranked anywhere count);
+  * ap: scikit-learn's average_precision_score over all images, scored by their best
+    probability (0 for an image without proposals); tied images are one step;
   * box_top1: over the positive images, the fraction whose top-scoring proposal for the category
     (the first in proposal order among equal scores) has IoU >= 0.5 with a ground-truth box of that
     category (IoU in float64, displayed pixels, no +1); a positive image without proposals misses.
@@ -42,6 +41,7 @@ import sys
 
 import numpy as np
 import onnxruntime as ort
+from sklearn.metrics import average_precision_score  # scripts/test-requirements.txt
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from reference_pipeline import (  # noqa: E402
@@ -80,16 +80,6 @@ def image_proposals(session, manifest, path):
     d = emb.shape[1] + 1
     return (np.asarray(out_boxes, np.float64).reshape(-1, 4),
             np.asarray(vecs, np.float32).reshape(-1, d), (w, h))
-
-
-def average_precision(ranked_positive: list[bool]) -> float:
-    hits, total = 0, 0.0
-    for rank, pos in enumerate(ranked_positive, start=1):
-        if pos:
-            hits += 1
-            total += hits / rank
-    n = sum(ranked_positive)
-    return total / n if n else 0.0
 
 
 def main(argv=None):
@@ -150,10 +140,9 @@ def main(argv=None):
         precision = tp / len(retrieved) if retrieved else 0.0
         recall = tp / len(positives)
         f1 = 2 * precision * recall / (precision + recall) if precision + recall > 0 else 0.0
-        scored = sorted((i for i in best_score if best_score[i][k] is not None),
-                        key=lambda i: (-best_score[i][k], i))
-        unscored = sorted(i for i in best_score if best_score[i][k] is None)
-        ap_k = average_precision([i in positives for i in scored + unscored])
+        ids = sorted(best_score)
+        ap_k = float(average_precision_score([i in positives for i in ids],
+                                             [best_score[i][k] or 0.0 for i in ids]))
         hits = 0
         for i in positives:
             b = best_box[i][k]

@@ -16,7 +16,7 @@
 //!   WeDetect-Uni's published AR@100 66.9 / AR@300 69.6); [`coco_recall`] is pycocotools'
 //!   `COCOeval` with `useCats = 0`, area range "all".
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
@@ -462,37 +462,37 @@ pub fn evaluate(
             .iter()
             .any(|t| t.category == id && (crowd == CrowdRule::Count || !t.crowd))
     };
-    // Positive images per category index (categories without one are not reported).
-    let positive: Vec<(usize, Vec<bool>)> = (0..categories.len())
-        .map(|c| {
+    // Per reported category (those with a positive image): its index, which images are
+    // positives, and each image's best probability for it (computed once, used by every
+    // threshold of the sweep).
+    let reported: Vec<(usize, Vec<bool>, Vec<f32>)> = (0..categories.len())
+        .filter_map(|c| {
             let flags: Vec<bool> = images
                 .iter()
                 .map(|im| holds(im, categories[c].id))
                 .collect();
-            (c, flags)
+            flags.iter().any(|f| *f).then(|| {
+                let best = images.iter().map(|im| im.best_prob(c)).collect();
+                (c, flags, best)
+            })
         })
-        .filter(|(_, flags)| flags.iter().any(|f| *f))
         .collect();
-    let at = |t: f32, c: usize, flags: &[bool]| {
+    let at = |t: f32, flags: &[bool], best: &[f32]| {
         let positives = flags.iter().filter(|f| **f).count();
-        let retrieved: Vec<bool> = images.iter().map(|im| im.best_prob(c) > t).collect();
-        let tp = retrieved
+        let retrieved = best.iter().filter(|b| **b > t).count();
+        let tp = best
             .iter()
             .zip(flags)
-            .filter(|(r, f)| **r && **f)
+            .filter(|(b, f)| **b > t && **f)
             .count();
-        (positives, retrieved.iter().filter(|r| **r).count(), tp)
+        (positives, retrieved, tp)
     };
     let mut per_category = BTreeMap::new();
-    for (c, flags) in &positive {
+    for (c, flags, best) in &reported {
         let (c, id) = (*c, categories[*c].id);
-        let (positives, retrieved, tp) = at(threshold, c, flags);
+        let (positives, retrieved, tp) = at(threshold, flags, best);
         let (precision, recall, f1) = prf(tp, retrieved, positives);
-        let ranking: Vec<(f32, bool)> = images
-            .iter()
-            .zip(flags)
-            .map(|(im, f)| (im.best_prob(c), *f))
-            .collect();
+        let ranking: Vec<(f32, bool)> = best.iter().copied().zip(flags.iter().copied()).collect();
         let top1_hits = images
             .iter()
             .zip(flags)
@@ -523,10 +523,10 @@ pub fn evaluate(
         );
     }
     let macro_at = |t: f32| {
-        let n = positive.len().max(1) as f64;
+        let n = reported.len().max(1) as f64;
         let (mut p, mut r, mut f) = (0.0, 0.0, 0.0);
-        for (c, flags) in &positive {
-            let (positives, retrieved, tp) = at(t, *c, flags);
+        for (_, flags, best) in &reported {
+            let (positives, retrieved, tp) = at(t, flags, best);
             let (a, b, d) = prf(tp, retrieved, positives);
             p += a;
             r += b;
@@ -540,7 +540,6 @@ pub fn evaluate(
         }
     };
     let n = per_category.len().max(1) as f64;
-    let counts: BTreeSet<usize> = images.iter().map(|im| im.proposals.len()).collect();
     let total: usize = images.iter().map(|im| im.proposals.len()).sum();
     EvalReport {
         images: images.len(),
@@ -557,7 +556,11 @@ pub fn evaluate(
         ar_300: proposal_recall(images, 300),
         coco_ar_100: coco_recall(images, 100),
         coco_ar_300: coco_recall(images, 300),
-        max_proposals_per_image: counts.last().copied().unwrap_or(0),
+        max_proposals_per_image: images
+            .iter()
+            .map(|im| im.proposals.len())
+            .max()
+            .unwrap_or(0),
         mean_proposals_per_image: total as f64 / images.len().max(1) as f64,
         per_category,
     }

@@ -13,13 +13,10 @@ use common::*;
 
 #[test]
 fn eval_equals_pycocotools_and_scikit_learn() {
-    let bin = std::env::var_os("SPOTTER_TEST_BIN")
-        .map(std::path::PathBuf::from)
-        .unwrap_or_else(|| env!("CARGO_BIN_EXE_spotter").into());
     let mut cmd = Command::new(python());
     cmd.arg(repo_root().join("scripts/check_eval.py"))
         .arg("--spotter")
-        .arg(&bin);
+        .arg(spotter_bin());
     if let Some(repo) = std::env::var_os("SPOTTER_WEDETECT_REPO") {
         cmd.arg("--wedetect-repo").arg(repo);
     }
@@ -42,18 +39,7 @@ fn reference_eval_profile_makes_ar_300_meaningful() {
     run_python("make_eval_set.py", &[&set.display().to_string()]);
     let images = set.join("images");
     let annotations = set.join("annotations.json");
-    let report = |index: &std::path::Path| -> serde_json::Value {
-        serde_json::from_slice(&run_ok(
-            spotter()
-                .args(["eval", "--json", "--device", "cpu", "--annotations"])
-                .arg(&annotations)
-                .arg("--images")
-                .arg(&images)
-                .arg("--index")
-                .arg(index),
-        ))
-        .unwrap()
-    };
+    let report = |index: &std::path::Path| eval_json(&annotations, &images, index);
     let default_index = root.join("default");
     run_ok(&mut index_command(&images, &default_index));
     let default = report(&default_index);
@@ -86,16 +72,7 @@ fn reference_eval_profile_makes_ar_300_meaningful() {
         .extend(copies);
     let doubled_path = root.join("doubled.json");
     std::fs::write(&doubled_path, doubled.to_string()).unwrap();
-    let twice: serde_json::Value = serde_json::from_slice(&run_ok(
-        spotter()
-            .args(["eval", "--json", "--device", "cpu", "--annotations"])
-            .arg(&doubled_path)
-            .arg("--images")
-            .arg(&images)
-            .arg("--index")
-            .arg(&default_index),
-    ))
-    .unwrap();
+    let twice = eval_json(&doubled_path, &images, &default_index);
     let (once, doubled_ar) = (
         default["ar_100"].as_f64().unwrap(),
         twice["ar_100"].as_f64().unwrap(),

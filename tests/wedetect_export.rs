@@ -33,6 +33,21 @@ fn text(out: &Output) -> String {
     )
 }
 
+/// Asserts that the script succeeded; returns what it printed.
+fn succeeded(out: &Output) -> String {
+    let said = text(out);
+    assert!(out.status.success(), "{said}");
+    said
+}
+
+/// Asserts that the script exited 1 saying `reason`; returns what it printed.
+fn failed_with(out: &Output, reason: &str) -> String {
+    let said = text(out);
+    assert_eq!(out.status.code(), Some(1), "{said}");
+    assert!(said.contains(reason), "expected {reason:?} in:\n{said}");
+    said
+}
+
 /// A checkout-shaped folder: an (unused) models.py, checkpoints of plausible size, the XLM-R
 /// config; the tokenizer files are the test's to add.
 fn checkout(root: &Path) -> PathBuf {
@@ -69,12 +84,11 @@ fn export(root: &Path, repo: &Path) -> Output {
 }
 
 fn train_spm(dir: &Path) {
-    let out = py(&[
+    succeeded(&py(&[
         script("train_test_sentencepiece.py").as_os_str(),
         "--out".as_ref(),
         dir.as_os_str(),
-    ]);
-    assert!(out.status.success(), "{}", text(&out));
+    ]));
 }
 
 fn no_package_left(root: &Path) {
@@ -91,13 +105,7 @@ fn no_package_left(root: &Path) {
 fn export_without_the_sentencepiece_model_fails_and_says_why() {
     let root = scratch("wedetect-export-missing");
     let repo = checkout(&root);
-    let out = export(&root, &repo);
-    let said = text(&out);
-    assert_eq!(out.status.code(), Some(1), "{said}");
-    assert!(
-        said.contains("sentencepiece.bpe.model is missing"),
-        "{said}"
-    );
+    let said = failed_with(&export(&root, &repo), "sentencepiece.bpe.model is missing");
     assert!(!said.contains("done"), "{said}");
     no_package_left(&root);
 }
@@ -116,23 +124,17 @@ fn export_with_a_stand_in_tokenizer_fails_on_its_vocabulary() {
     });
     std::fs::write(xlmr.join("tokenizer.json"), stand_in.to_string()).unwrap();
     train_spm(&xlmr);
-    let out = export(&root, &repo);
-    let said = text(&out);
-    assert_eq!(out.status.code(), Some(1), "{said}");
-    assert!(
-        said.contains("vocabulary of 5 tokens, expected 250002"),
-        "{said}"
+    failed_with(
+        &export(&root, &repo),
+        "vocabulary of 5 tokens, expected 250002",
     );
     no_package_left(&root);
 
     // A genuine conversion of a SentencePiece model that is not XLM-R's (2,002 ids).
     std::fs::remove_file(xlmr.join("tokenizer.json")).unwrap();
-    let out = export(&root, &repo);
-    let said = text(&out);
-    assert_eq!(out.status.code(), Some(1), "{said}");
-    assert!(
-        said.contains("vocabulary of 2002 tokens, expected 250002"),
-        "{said}"
+    failed_with(
+        &export(&root, &repo),
+        "vocabulary of 2002 tokens, expected 250002",
     );
     no_package_left(&root);
 }
@@ -155,9 +157,7 @@ fn tokenizer_is_proven_against_sentencepiece_from_either_source() {
     };
     // 1. Converted from sentencepiece.bpe.model, equal on >= 2,000 strings, written 0644.
     let converted = root.join("converted.json");
-    let out = write(&converted);
-    let said = text(&out);
-    assert!(out.status.success(), "{said}");
+    let said = succeeded(&write(&converted));
     assert!(said.contains("converted from the checkout's"), "{said}");
     assert!(said.contains("on 2000 strings"), "{said}");
     let mode = std::fs::metadata(&converted).unwrap().permissions().mode() & 0o777;
@@ -165,9 +165,7 @@ fn tokenizer_is_proven_against_sentencepiece_from_either_source() {
 
     // 2. A committed tokenizer.json is preferred, and checked the same way.
     std::fs::copy(&converted, xlmr.join("tokenizer.json")).unwrap();
-    let out = write(&root.join("committed.json"));
-    let said = text(&out);
-    assert!(out.status.success(), "{said}");
+    let said = succeeded(&write(&root.join("committed.json")));
     assert!(
         said.contains("the checkout's") && said.contains("tokenizer.json"),
         "{said}"
@@ -183,9 +181,9 @@ fn tokenizer_is_proven_against_sentencepiece_from_either_source() {
         .unwrap();
     vocab[longest][1] = serde_json::json!(-1000.0);
     std::fs::write(xlmr.join("tokenizer.json"), doc.to_string()).unwrap();
-    let out = write(&root.join("tampered.json"));
-    let said = text(&out);
-    assert_eq!(out.status.code(), Some(1), "{said}");
-    assert!(said.contains("ids differ from SentencePiece's"), "{said}");
+    failed_with(
+        &write(&root.join("tampered.json")),
+        "ids differ from SentencePiece's",
+    );
     assert!(!root.join("tampered.json").exists());
 }

@@ -37,6 +37,14 @@ impl Scoring {
         v
     }
 
+    /// The graph's embedding back from a stored vector: the inverse of [`Scoring::stored_vector`]
+    /// (same level clamping).
+    pub fn embedding_of(&self, stored: &[f32], level: usize) -> Vec<f32> {
+        let l = &self.spec.levels[level.min(self.spec.levels.len() - 1)];
+        let d = stored.len().saturating_sub(1);
+        stored[..d].iter().map(|x| x / l.scale).collect()
+    }
+
     /// The query vector of a (normalised) text embedding (`D + 1` floats).
     pub fn query_vector(&self, text_embedding: &[f32]) -> Vec<f32> {
         let mut q = Vec::with_capacity(text_embedding.len() + 1);
@@ -113,6 +121,19 @@ mod tests {
             let v = s.stored_vector(&e, level);
             let q = s.query_vector(&t);
             assert!((s.score(&q, &v) - expected).abs() < 1e-6);
+        }
+    }
+
+    #[test]
+    fn embedding_of_inverts_stored_vector() {
+        let s = wedetect_like();
+        let e = [30.0f32, -12.0, 55.0, 4.0];
+        for level in 0..3 {
+            let back = s.embedding_of(&s.stored_vector(&e, level), level);
+            assert_eq!(back.len(), e.len());
+            for (a, b) in back.iter().zip(&e) {
+                assert!((a - b).abs() <= 1e-4 * b.abs(), "level {level}: {a} vs {b}");
+            }
         }
     }
 

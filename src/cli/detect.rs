@@ -106,17 +106,9 @@ pub fn run(args: &DetectArgs) -> Result<()> {
             let best = (0..scores.len())
                 .max_by(|&a, &b| scores[a].total_cmp(&scores[b]))
                 .unwrap_or(0);
-            let embedding = args.embeddings.then(|| {
-                let scale = manifest
-                    .scoring
-                    .levels
-                    .get(p.level as usize)
-                    .map_or(1.0, |l| l.scale);
-                p.vector[..manifest.embedding_dim]
-                    .iter()
-                    .map(|v| v / scale)
-                    .collect()
-            });
+            let embedding = args
+                .embeddings
+                .then(|| scoring.embedding_of(&p.vector, p.level as usize));
             Detection {
                 label: texts[best].clone(),
                 score: scores[best],

@@ -105,10 +105,28 @@ pub fn read_json(path: &Path) -> serde_json::Value {
 /// The built `spotter` binary, or the one named by `SPOTTER_TEST_BIN` (to check that a test
 /// fails on an older build: `SPOTTER_TEST_BIN=/path/to/old/spotter cargo test ...`).
 pub fn spotter() -> Command {
-    match std::env::var_os("SPOTTER_TEST_BIN") {
-        Some(bin) => Command::new(bin),
-        None => Command::new(env!("CARGO_BIN_EXE_spotter")),
-    }
+    Command::new(spotter_bin())
+}
+
+/// The binary under test: `SPOTTER_TEST_BIN` when set, else this build's.
+pub fn spotter_bin() -> PathBuf {
+    std::env::var_os("SPOTTER_TEST_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| env!("CARGO_BIN_EXE_spotter").into())
+}
+
+/// `spotter eval --json` of an index against COCO labels, parsed.
+pub fn eval_json(annotations: &Path, images: &Path, index: &Path) -> serde_json::Value {
+    serde_json::from_slice(&run_ok(
+        spotter()
+            .args(["eval", "--json", "--device", "cpu", "--annotations"])
+            .arg(annotations)
+            .arg("--images")
+            .arg(images)
+            .arg("--index")
+            .arg(index),
+    ))
+    .expect("eval --json prints JSON")
 }
 
 /// Cosine similarity.
