@@ -10,9 +10,12 @@ compares, to 1e-6:
   maxDets [100, 300], area range "all");
 - per-category AP with scikit-learn's `average_precision_score`;
 - positives with pycocotools' `COCO.getImgIds(catIds=…)` (WeDetect's retrieval ground truth),
-  and P/R/F1 from those positives with WeDetect's rule (retrieved = max probability > threshold);
-- with `--wedetect-repo W`, `ar_100`, `ar_300` with WeDetect's own `eval_recall/recall.py:
-  eval_recalls` (needs `terminaltables`), fed as WeDetect's `eval_recall.py` feeds it.
+  and P/R/F1 with scikit-learn's `precision_recall_fscore_support` on the images retrieved by
+  WeDetect's rule (max probability > threshold);
+- with `--wedetect-repo W`: `ar_100`, `ar_300` with WeDetect's own `eval_recall/recall.py:
+  eval_recalls` (needs `terminaltables`), fed as WeDetect's `eval_recall.py` feeds it, and P/R/F1
+  with its own `eval_retrieval/retrieval_metric.py: evaluate_retrieval_per_class` (which rounds
+  to 4 decimals).
 
 It also checks that AP does not change when the files are listed in another order.
 Exit status 0 when everything agrees, 1 with the differences otherwise.
@@ -21,6 +24,7 @@ Exit status 0 when everything agrees, 1 with the differences otherwise.
 """
 
 import argparse
+import ast
 import contextlib
 import importlib.util
 import io
@@ -30,11 +34,12 @@ import subprocess
 import sys
 import tempfile
 from pathlib import Path
+from typing import Dict, List, Set
 
 import numpy as np
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
-from sklearn.metrics import average_precision_score
+from sklearn.metrics import average_precision_score, precision_recall_fscore_support
 
 TOLERANCE = 1e-6
 CATEGORIES = [{"id": 3, "name": "car"}, {"id": 17, "name": "cat"}, {"id": 44, "name": "bottle"}]
@@ -155,8 +160,22 @@ def wedetect_recall(repo, coco, results):
     return [float(sum(recalls[0]) / len(recalls[0])), float(sum(recalls[1]) / len(recalls[1]))]
 
 
-def retrieval_reference(coco, results, threshold):
-    """Per category: positives (pycocotools), P/R/F1 by WeDetect's rule, AP (scikit-learn)."""
+def wedetect_retrieval_function(repo):
+    """`evaluate_retrieval_per_class` from the checkout's eval_retrieval/retrieval_metric.py.
+    The module runs its whole evaluation when imported, so only that function's definition is
+    taken from its source (with a no-op progress bar for its tqdm call)."""
+    path = Path(repo) / "eval_retrieval" / "retrieval_metric.py"
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    (fn,) = [n for n in tree.body if isinstance(n, ast.FunctionDef) and n.name == "evaluate_retrieval_per_class"]
+    namespace = {"Dict": Dict, "List": List, "Set": Set, "tqdm": lambda items, **_: items}
+    exec(compile(ast.Module(body=[fn], type_ignores=[]), str(path), "exec"), namespace)
+    return namespace["evaluate_retrieval_per_class"]
+
+
+def retrieval_reference(coco, results, threshold, wedetect_fn=None):
+    """Per category: positives (pycocotools' getImgIds), retrieved images (max probability >
+    threshold, WeDetect's rule), P/R/F1 (scikit-learn; WeDetect's own function too when given,
+    which rounds to 4 decimals), AP (scikit-learn)."""
     best = {}
     for r in results:
         for cid, p in (r.get("category_scores") or {}).items():
@@ -170,15 +189,16 @@ def retrieval_reference(coco, results, threshold):
             continue
         scores = np.array([best.get((i, cat["id"]), 0.0) for i in image_ids], dtype=np.float32)
         truth = np.array([i in positives for i in image_ids])
-        retrieved = {i for i, s in zip(image_ids, scores) if s > np.float32(threshold)}
-        tp = len(retrieved & positives)
-        p = tp / len(retrieved) if retrieved else 0.0
-        rc = tp / len(positives)
+        predicted = scores > np.float32(threshold)
+        p, rc, f1, _ = precision_recall_fscore_support(truth, predicted, average="binary", zero_division=0)
         out[cat["name"]] = {
-            "positives": len(positives), "retrieved": len(retrieved), "precision": p, "recall": rc,
-            "f1": 2 * p * rc / (p + rc) if p + rc > 0 else 0.0,
-            "ap": float(average_precision_score(truth, scores)),
+            "positives": len(positives), "retrieved": int(predicted.sum()), "precision": float(p),
+            "recall": float(rc), "f1": float(f1), "ap": float(average_precision_score(truth, scores)),
         }
+        if wedetect_fn:
+            retrieved = [i for i, r in zip(image_ids, predicted) if r]
+            theirs = wedetect_fn({cat["name"]: retrieved}, {cat["name"]: positives})[cat["name"]]
+            out[cat["name"]]["wedetect"] = {k: theirs[k] for k in ("precision", "recall", "f1")}
     return out
 
 
@@ -196,6 +216,7 @@ def main():
         if abs(ours - theirs) > TOLERANCE:
             failures.append(f"{label}: spotter {ours:.9f}, reference {theirs:.9f}")
 
+    wedetect_fn = wedetect_retrieval_function(args.wedetect_repo) if args.wedetect_repo else None
     cases = [(f"random set {s}", s, False) for s in range(args.seeds)] + [("every true box duplicated", 99, True)]
     with tempfile.TemporaryDirectory() as tmp:
         for label, seed, duplicate in cases:
@@ -213,7 +234,7 @@ def main():
                 w100, w300 = wedetect_recall(args.wedetect_repo, coco, results)
                 same(f"{label}: ar_100 vs WeDetect eval_recalls", ours["ar_100"], w100)
                 same(f"{label}: ar_300 vs WeDetect eval_recalls", ours["ar_300"], w300)
-            reference = retrieval_reference(coco, results, args.threshold)
+            reference = retrieval_reference(coco, results, args.threshold, wedetect_fn)
             if sorted(reference) != sorted(ours["per_category"]):
                 failures.append(f"{label}: categories {sorted(ours['per_category'])} vs {sorted(reference)}")
             for name, ref in reference.items():
@@ -223,6 +244,10 @@ def main():
                         failures.append(f"{label}: {name} {key}: spotter {mine.get(key)}, reference {ref[key]}")
                 for key in ("precision", "recall", "f1", "ap"):
                     same(f"{label}: {name} {key}", mine.get(key, float("nan")), ref[key])
+                for key, theirs in ref.get("wedetect", {}).items():  # rounded to 4 decimals there
+                    if abs(round(mine.get(key, float("nan")), 4) - theirs) > TOLERANCE:
+                        failures.append(f"{label}: {name} {key}: spotter {mine.get(key)}, "
+                                        f"WeDetect's evaluate_retrieval_per_class {theirs}")
 
             # Order independence: the same data with images and proposals listed in reverse.
             shuffled = dict(coco_json, images=coco_json["images"][::-1], annotations=coco_json["annotations"][::-1])
@@ -242,7 +267,8 @@ def main():
         print(f"{len(failures)} differences:", *failures, sep="\n  ")
         return 1
     print("spotter eval agrees with pycocotools, scikit-learn"
-          + (" and WeDetect's eval_recalls" if args.wedetect_repo else "") + f" to {TOLERANCE}")
+          + (" and WeDetect's eval_recalls and evaluate_retrieval_per_class" if args.wedetect_repo else "")
+          + f" to {TOLERANCE}")
     return 0
 
 

@@ -1,9 +1,10 @@
 //! `spotter eval` against the reference implementations themselves (`scripts/check_eval.py`):
-//! COCOeval (pycocotools) for one-to-one proposal recall, scikit-learn for AP with tied scores,
-//! `COCO.getImgIds` for crowd-region positives, to 1e-6, on sets with duplicated and overlapping
-//! true boxes, crowd and `ignore` boxes, tied scores and more than 300 proposals per image.
-//! With `SPOTTER_WEDETECT_REPO` set to a WeDetect checkout it also compares with WeDetect's own
-//! `eval_recall/recall.py: eval_recalls`.
+//! COCOeval (pycocotools) for one-to-one proposal recall, scikit-learn for AP with tied scores
+//! and for P/R/F1, `COCO.getImgIds` for crowd-region positives, to 1e-6, on sets with duplicated
+//! and overlapping true boxes, crowd and `ignore` boxes, tied scores and more than 300 proposals
+//! per image. With `SPOTTER_WEDETECT_REPO` set to a WeDetect checkout it also compares with
+//! WeDetect's own `eval_recall/recall.py: eval_recalls` and
+//! `eval_retrieval/retrieval_metric.py: evaluate_retrieval_per_class`.
 
 mod common;
 

@@ -11,14 +11,15 @@ machine is noisy):
    largest output difference from the baseline (outputs must stay within float tolerance).
 2. An int8 image graph (onnxruntime.quantization, static QDQ, per-channel weights, calibrated on
    --calibrate photos that are not measured): images/s, and agreement with the f32 graph after
-   Spotter's post-processing (objectness >= threshold, class-agnostic NMS, top-k of the
+   Spotter's post-processing (as scripts/reference_pipeline.py writes it out) (objectness >= threshold, class-agnostic NMS, top-k of the
    manifest): share of f32 proposals with an int8 proposal at IoU >= 0.9, objectness and
    embedding (cosine) differences of those pairs.
 
     python scripts/wedetect/bench_cpu_options.py --package exported_onnx/wedetect-uni-base-random \\
         --photos DIR [--count 8] [--calibrate 8] [--out results.json]
 
-Cost on 2 cores (Base): ~6 min, ~1 GB of temporary files (the int8 graph).
+Cost on 2 cores (Base, measured): 5 min, 0.55 GB of temporary files (the int8 graph and its
+pre-processed input).
 """
 
 import argparse
@@ -30,17 +31,9 @@ import time
 
 import numpy as np
 import onnxruntime as ort
-from PIL import Image, ImageOps
 
-
-def letterbox(path, side):
-    img = ImageOps.exif_transpose(Image.open(path)).convert("RGB")
-    w, h = img.size
-    r = min(side / w, side / h)
-    nw, nh = int(round(w * r)), int(round(h * r))
-    canvas = Image.new("RGB", (side, side), (114, 114, 114))
-    canvas.paste(img.resize((nw, nh), Image.Resampling.BILINEAR), ((side - nw) // 2, (side - nh) // 2))
-    return np.asarray(canvas, np.float32).transpose(2, 0, 1) / np.float32(255)
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+from reference_pipeline import iou_one_to_many, letterbox, load_rgb, select_proposals, to_tensor  # noqa: E402
 
 
 def session(path, threads=None, level=ort.GraphOptimizationLevel.ORT_ENABLE_ALL, parallel=False):
@@ -91,45 +84,29 @@ def run_all(sess, inputs, batch, io_binding=False):
     return len(inputs) / elapsed, outs
 
 
-def iou(a, b):
-    w = np.clip(np.minimum(a[:, None, 2], b[None, :, 2]) - np.maximum(a[:, None, 0], b[None, :, 0]), 0, None)
-    h = np.clip(np.minimum(a[:, None, 3], b[None, :, 3]) - np.maximum(a[:, None, 1], b[None, :, 1]), 0, None)
-    inter = w * h
-    area = lambda x: (x[:, 2] - x[:, 0]).clip(0) * (x[:, 3] - x[:, 1]).clip(0)  # noqa: E731
-    union = area(a)[:, None] + area(b)[None, :] - inter
-    return np.where(union > 0, inter / np.maximum(union, 1e-12), 0)
-
-
-def select(boxes, objectness, params):
-    """Spotter's proposal selection (model/src/postprocess.rs): threshold, greedy NMS, top-k."""
-    order = [i for i in np.argsort(-objectness, kind="stable") if objectness[i] >= params["objectness_threshold"]]
-    kept = []
-    for i in order:
-        if len(kept) >= params["max_per_image"]:
-            break
-        if not kept or iou(boxes[[i]], boxes[kept]).max() <= params["nms_iou"]:
-            kept.append(i)
-    return kept
-
-
 def agreement(f32_outs, int8_outs, params):
+    """Spotter's selection (reference_pipeline.select_proposals) on both graphs' outputs; each
+    f32 proposal matched to the int8 proposal it overlaps most (each used once), kept when
+    IoU >= 0.9."""
     matched = total = 0
     obj_diffs, cosines = [], []
+    select = lambda b, o: select_proposals(b, o, params["objectness_threshold"], params["nms_iou"],  # noqa: E731
+                                           params["max_per_image"])[0]
     for (b, o, e), (qb, qo, qe) in zip(f32_outs, int8_outs):
-        keep, qkeep = select(b, o, params), select(qb, qo, params)
+        keep, qkeep = select(b, o), select(qb, qo)
         total += len(keep)
-        if not keep or not qkeep:
-            continue
-        m = iou(b[keep], qb[qkeep])
-        used = set()
-        for i in np.argsort(-m.max(axis=1)):
-            j = int(np.argmax(np.where([k in used for k in range(len(qkeep))], -1, m[i])))
-            if m[i, j] >= 0.9 and j not in used:
-                used.add(j)
-                matched += 1
-                obj_diffs.append(abs(float(o[keep[i]]) - float(qo[qkeep[j]])))
-                x, y = e[keep[i]], qe[qkeep[j]]
-                cosines.append(float(np.dot(x, y) / (np.linalg.norm(x) * np.linalg.norm(y) + 1e-12)))
+        free = list(qkeep)
+        for i in keep:
+            if not free:
+                break
+            overlaps = iou_one_to_many(b[i], qb[free])
+            best = int(np.argmax(overlaps))
+            if overlaps[best] < 0.9:
+                continue
+            j = free.pop(best)
+            matched += 1
+            obj_diffs.append(abs(float(o[i]) - float(qo[j])))
+            cosines.append(float(np.dot(e[i], qe[j]) / (np.linalg.norm(e[i]) * np.linalg.norm(qe[j]) + 1e-12)))
     return {"f32_proposals": total, "matched_iou_0.9": matched,
             "share": matched / total if total else 0.0,
             "objectness_mean_abs_diff": float(np.mean(obj_diffs)) if obj_diffs else None,
@@ -151,14 +128,16 @@ def main():
 
     with open(os.path.join(args.package, "model.json"), encoding="utf-8") as f:
         manifest = json.load(f)
-    side = manifest["image"]["input_size"][0]
     graph = os.path.join(args.package, manifest["image"]["graph"])
     files = sorted(os.path.join(root, n) for root, _, names in os.walk(args.photos) for n in names
                    if n.lower().endswith((".jpg", ".jpeg", ".png")))
     if len(files) < args.count + args.calibrate:
         sys.exit(f"{args.photos}: {len(files)} photos, need {args.count + args.calibrate}")
-    inputs = np.stack([letterbox(p, side) for p in files[:args.count]])
-    calibration = [letterbox(p, side) for p in files[args.count:args.count + args.calibrate]]
+    def tensor(path):  # Spotter's own pixel pipeline, as reference_pipeline.py writes it out
+        return to_tensor(letterbox(load_rgb(path), manifest)[0], manifest)
+
+    inputs = np.stack([tensor(p) for p in files[:args.count]])
+    calibration = [tensor(p) for p in files[args.count:args.count + args.calibrate]]
     cores = os.cpu_count() or 1
 
     rows = []

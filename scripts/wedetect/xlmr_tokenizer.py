@@ -178,10 +178,15 @@ EDGE_STRINGS = ["<s>", "</s> <pad>", "a <mask> b", " \u0301e", "x \u200d🙂", "
                 "ﬁ n\u0303\u0308", "Vie\u0323\u0302t"]
 
 
+def sentencepiece_ids(sp, text):
+    """XLM-R's ids for `text` from the sentencepiece library: <s>, pieces shifted to fairseq's
+    vocabulary (SentencePiece's <unk> 0 becomes 3), </s>."""
+    return [0] + [i + FAIRSEQ_OFFSET if i != 0 else 3 for i in sp.encode(text)] + [2]
+
+
 def edge_report(tok, sp):
     """How the tokenizer and SentencePiece treat the strings the id check leaves out."""
-    differ = [t for t in EDGE_STRINGS
-              if tok.encode(t).ids != [0] + [i + FAIRSEQ_OFFSET if i != 0 else 3 for i in sp.encode(t)] + [2]]
+    differ = [t for t in EDGE_STRINGS if tok.encode(t).ids != sentencepiece_ids(sp, t)]
     specials_ok = all(tok.encode(t).ids == [0, tok.token_to_id(t), 2] for t in SPECIALS + ["<mask>"])
     return (f"{len(differ)} of {len(EDGE_STRINGS)} edge strings (special-token literals, orphan combining "
             f"marks) tokenised differently from SentencePiece, as expected; special literals "
@@ -211,7 +216,7 @@ def verify(tok, spm_path, vocab_size=XLMR_VOCAB, strings=None):
         raise TokenizerError(f"only {len(strings)} check strings")
     mismatches = []
     for text in strings:
-        want = [0] + [i + FAIRSEQ_OFFSET if i != 0 else 3 for i in sp.encode(text)] + [2]
+        want = sentencepiece_ids(sp, text)
         have = tok.encode(text).ids
         if have != want:
             mismatches.append((text, have, want))
