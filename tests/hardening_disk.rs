@@ -79,8 +79,7 @@ fn a_full_disk_stops_the_run_clearly_and_it_resumes_identically() {
         .unwrap()
         .success());
     drop(guard);
-    let report: serde_json::Value =
-        serde_json::from_slice(&run_ok(index_command(&archive, &resumed).arg("--json"))).unwrap();
+    let report = index_json(&archive, &resumed);
     let (unchanged, indexed) = (
         report["unchanged"].as_u64().unwrap(),
         report["indexed"].as_u64().unwrap(),

@@ -229,8 +229,7 @@ fn kill_9_at_any_moment_then_resume_equals_an_uninterrupted_run() {
         let _ = child.wait();
         drop(lines);
         // Resume: the same command, to completion.
-        let report: serde_json::Value =
-            serde_json::from_slice(&run_ok(index_command(&archive, &dir).arg("--json"))).unwrap();
+        let report = index_json(&archive, &dir);
         let (unchanged, indexed) = (
             report["unchanged"].as_u64().unwrap(),
             report["indexed"].as_u64().unwrap(),

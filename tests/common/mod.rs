@@ -115,6 +115,12 @@ pub fn spotter_bin() -> PathBuf {
         .unwrap_or_else(|| env!("CARGO_BIN_EXE_spotter").into())
 }
 
+/// `spotter index --json` of `archive` into `index` (the common test flags), its report parsed.
+pub fn index_json(archive: &Path, index: &Path) -> serde_json::Value {
+    serde_json::from_slice(&run_ok(index_command(archive, index).arg("--json")))
+        .expect("index --json prints JSON")
+}
+
 /// `spotter eval --json` of an index against COCO labels, parsed.
 pub fn eval_json(annotations: &Path, images: &Path, index: &Path) -> serde_json::Value {
     serde_json::from_slice(&run_ok(
