@@ -12,9 +12,11 @@
 pub mod backend;
 pub mod error;
 pub mod index;
+pub mod ivf;
 #[cfg(feature = "milvus")]
 pub mod milvus;
 pub mod pipeline;
+pub mod quant;
 pub mod records;
 pub mod relpath;
 pub mod store;

@@ -1,0 +1,407 @@
+//! Volume benchmark of the embedded vector engines on WeDetect-shaped proposals.
+//!
+//! The stored vectors are the real proposals of SOURCE_INDEX (an index built with a model
+//! package, e.g. the WeDetect-Uni reference architecture: its dimension, its levels' scales and
+//! biases, its embedding norms), repeated until N with each copy's direction jittered (norm and
+//! bias kept), as `examples/make_fixture.rs` does. Queries are `[t ; 1]` with `t` a unit
+//! direction at cosine ~0.6 of a random stored proposal's (text and image embeddings of one
+//! concept are not parallel), seeded, the same for every engine.
+//!
+//! Measured, one engine per process (so RSS figures are that engine's):
+//! - ingest: proposals/s through `VectorIndex::insert` in chunks of 2048 (the pipeline's), total
+//!   and over the last tenth;
+//! - RAM: VmRSS after building, saving, reopening the folder and answering the queries, minus
+//!   VmRSS before (the generator's buffers are freed first);
+//! - disk: bytes in the engine's folder;
+//! - recall@100 and the largest logit error against an exact f32 inner-product scan of the same
+//!   vectors (computed while they are generated), over the first `--truth` queries;
+//! - single-thread search latency (k = 100, the breadth the query server uses) p50/p90/p99.
+//!
+//! Prints a human-readable report on stderr and one JSON object on stdout.
+//!
+//! cargo run --release --example bench_volume -- SOURCE_INDEX N OUT_DIR [--engine ivf|hnsw]
+//!     [--queries 1000] [--truth 200] [--jitter 0.15] [--probes 8,16,24,32,48,64]
+
+use std::collections::BinaryHeap;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use spotter_indexer::ivf::{IvfParams, IvfVectors};
+use spotter_indexer::vectors::{HnswParams, HnswVectors, Neighbour};
+use spotter_indexer::{Index, VectorEntry, VectorIndex};
+
+type Error = Box<dyn std::error::Error>;
+
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> f32 {
+        self.0 = self
+            .0
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        ((self.0 >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
+    }
+}
+
+fn norm(v: &[f32]) -> f32 {
+    v.iter().map(|x| x * x).sum::<f32>().sqrt()
+}
+
+fn rss_kib(key: &str) -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with(key))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|v| v.parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+fn dir_size(dir: &Path) -> u64 {
+    fn walk(p: &Path) -> u64 {
+        let Ok(entries) = std::fs::read_dir(p) else {
+            return 0;
+        };
+        entries
+            .filter_map(|e| e.ok())
+            .map(|e| {
+                let path = e.path();
+                match e.metadata() {
+                    Ok(m) if m.is_dir() => walk(&path),
+                    Ok(m) => m.len(),
+                    Err(_) => 0,
+                }
+            })
+            .sum()
+    }
+    walk(dir)
+}
+
+/// Min-heap entry so the heap's top is the worst of the kept best.
+#[derive(PartialEq)]
+struct Kept(f32, u64);
+impl Eq for Kept {}
+impl PartialOrd for Kept {
+    fn partial_cmp(&self, o: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(o))
+    }
+}
+impl Ord for Kept {
+    fn cmp(&self, o: &Self) -> std::cmp::Ordering {
+        o.0.total_cmp(&self.0).then(self.1.cmp(&o.1))
+    }
+}
+
+enum Engine {
+    Ivf(IvfVectors),
+    Hnsw(HnswVectors),
+}
+
+impl Engine {
+    fn open(kind: &str, dir: &Path, dim: usize) -> Result<Self, Error> {
+        Ok(match kind {
+            "ivf" => Engine::Ivf(IvfVectors::open(dir, dim, IvfParams::default())?),
+            "hnsw" => Engine::Hnsw(HnswVectors::open(dir, dim, HnswParams::default())?),
+            other => return Err(format!("unknown engine {other} (ivf, hnsw)").into()),
+        })
+    }
+
+    fn index(&self) -> &dyn VectorIndex {
+        match self {
+            Engine::Ivf(e) => e,
+            Engine::Hnsw(e) => e,
+        }
+    }
+}
+
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return 0.0;
+    }
+    sorted[((sorted.len() - 1) as f64 * p).round() as usize]
+}
+
+fn main() -> Result<(), Error> {
+    let args: Vec<String> = std::env::args().collect();
+    if args.len() < 4 {
+        eprintln!("usage: bench_volume SOURCE_INDEX N OUT_DIR [--engine ivf|hnsw] [--queries 1000] [--truth 200] [--jitter 0.15] [--probes 8,16,...]");
+        std::process::exit(2);
+    }
+    let source = PathBuf::from(&args[1]);
+    let n: usize = args[2].parse()?;
+    let out = PathBuf::from(&args[3]);
+    let (mut engine_kind, mut n_queries, mut n_truth, mut jitter) =
+        ("ivf".to_string(), 1000usize, 200usize, 0.15f32);
+    let mut probes: Vec<usize> = vec![8, 16, 24, 32, 48, 64];
+    let mut it = args[4..].iter();
+    while let Some(a) = it.next() {
+        let mut value = || it.next().cloned().ok_or(format!("{a} needs a value"));
+        match a.as_str() {
+            "--engine" => engine_kind = value()?,
+            "--queries" => n_queries = value()?.parse()?,
+            "--truth" => n_truth = value()?.parse()?,
+            "--jitter" => jitter = value()?.parse()?,
+            "--probes" => {
+                probes = value()?
+                    .split(',')
+                    .map(|x| x.parse())
+                    .collect::<Result<_, _>>()?
+            }
+            other => return Err(format!("unknown argument {other}").into()),
+        }
+    }
+    if out.exists() {
+        return Err(format!("{} exists; remove it first", out.display()).into());
+    }
+
+    // Source proposals.
+    let src = Index::open(&source)?;
+    let mut sources: Vec<Vec<f32>> = Vec::new();
+    for p in src.store().proposals() {
+        sources.push(p?.1.vector.to_f32());
+    }
+    drop(src);
+    if sources.is_empty() {
+        return Err(format!("{} holds no proposals", source.display()).into());
+    }
+    let dim = sources[0].len();
+    let d = dim - 1;
+    let mut biases: Vec<f32> = sources.iter().map(|v| v[d]).collect();
+    biases.sort_by(f32::total_cmp);
+    biases.dedup();
+    let norms: Vec<f32> = {
+        let mut n: Vec<f32> = sources.iter().map(|v| norm(&v[..d])).collect();
+        n.sort_by(f32::total_cmp);
+        n
+    };
+    eprintln!(
+        "source: {} proposals of {dim} values, biases {:?}, embedding norm p1/p50/p99 {:.3}/{:.3}/{:.3}",
+        sources.len(),
+        biases,
+        percentile(&norms.iter().map(|x| f64::from(*x)).collect::<Vec<_>>(), 0.01),
+        percentile(&norms.iter().map(|x| f64::from(*x)).collect::<Vec<_>>(), 0.5),
+        percentile(&norms.iter().map(|x| f64::from(*x)).collect::<Vec<_>>(), 0.99),
+    );
+
+    // Queries.
+    let mut rng = Rng(0x9e37_79b9);
+    let queries: Vec<Vec<f32>> = (0..n_queries)
+        .map(|_| {
+            let base = &sources[(rng.next().abs() * sources.len() as f32) as usize % sources.len()];
+            let bn = norm(&base[..d]).max(1e-12);
+            let mut noise: Vec<f32> = (0..d).map(|_| rng.next()).collect();
+            let nn = norm(&noise).max(1e-12);
+            // cos ≈ 0.6: 0.6·û + 0.8·(unit noise), then normalised.
+            let mut t: Vec<f32> = base[..d]
+                .iter()
+                .zip(&noise)
+                .map(|(b, z)| 0.6 * b / bn + 0.8 * z / nn)
+                .collect();
+            let tn = norm(&t);
+            t.iter_mut().for_each(|x| *x /= tn);
+            noise.clear();
+            t.push(1.0);
+            t
+        })
+        .collect();
+    let n_truth = n_truth.min(n_queries);
+
+    // SAFETY: as below.
+    unsafe {
+        libc::malloc_trim(0);
+    }
+    let rss_before = rss_kib("VmRSS:");
+    let engine = Engine::open(&engine_kind, &out, dim)?;
+    let mut truth: Vec<BinaryHeap<Kept>> = (0..n_truth).map(|_| BinaryHeap::new()).collect();
+    let mut gen = Rng(0x5eed);
+    let started = Instant::now();
+    let mut insert_seconds = 0.0f64;
+    let mut tail_seconds = 0.0f64;
+    let tail_from = n - n / 10;
+    let chunk = 2048usize;
+    let mut made = 0usize;
+    let mut last_report = Instant::now();
+    while made < n {
+        let take = chunk.min(n - made);
+        let batch: Vec<VectorEntry> = (made..made + take)
+            .map(|i| {
+                let s = &sources[i % sources.len()];
+                let round = i / sources.len();
+                let mut v = s.clone();
+                let sn = norm(&s[..d]);
+                if round > 0 {
+                    let amp = jitter * sn / (d as f32).sqrt();
+                    v[..d].iter_mut().for_each(|x| *x += amp * gen.next());
+                    let nn = norm(&v[..d]).max(1e-12);
+                    v[..d].iter_mut().for_each(|x| *x *= sn / nn);
+                }
+                VectorEntry::bare(i as u64 + 1, v)
+            })
+            .collect();
+        // Exact truth for the first queries (f32, the vectors as inserted).
+        std::thread::scope(|scope| {
+            let parts = 2;
+            let per = truth.len().div_ceil(parts).max(1);
+            for (qs, heaps) in queries[..n_truth].chunks(per).zip(truth.chunks_mut(per)) {
+                let batch = &batch;
+                scope.spawn(move || {
+                    for (q, heap) in qs.iter().zip(heaps.iter_mut()) {
+                        for e in batch {
+                            let logit: f32 = e.vector.iter().zip(q).map(|(a, b)| a * b).sum();
+                            if heap.len() < 100 {
+                                heap.push(Kept(logit, e.id));
+                            } else if heap.peek().is_some_and(|w| logit > w.0) {
+                                heap.pop();
+                                heap.push(Kept(logit, e.id));
+                            }
+                        }
+                    }
+                });
+            }
+        });
+        let t = Instant::now();
+        engine.index().insert(&batch)?;
+        let dt = t.elapsed().as_secs_f64();
+        insert_seconds += dt;
+        if made >= tail_from {
+            tail_seconds += dt;
+        }
+        made += take;
+        if last_report.elapsed().as_secs() >= 30 {
+            eprintln!(
+                "  {made}/{n} inserted, {:.0} proposals/s so far ({:.0} s wall)",
+                made as f64 / insert_seconds,
+                started.elapsed().as_secs_f64()
+            );
+            last_report = Instant::now();
+        }
+    }
+    let t = Instant::now();
+    engine.index().persist()?;
+    let persist_seconds = t.elapsed().as_secs_f64();
+    drop(engine);
+    drop(sources);
+    let truth: Vec<Vec<Neighbour>> = truth
+        .into_iter()
+        .map(|h| {
+            let mut v: Vec<Neighbour> = h
+                .into_vec()
+                .into_iter()
+                .map(|Kept(logit, id)| Neighbour { id, logit })
+                .collect();
+            v.sort_by(|a, b| b.logit.total_cmp(&a.logit));
+            v
+        })
+        .collect();
+    // Hand freed memory back to the OS, so the reopened engine's RSS is its own.
+    // SAFETY: malloc_trim only releases free heap pages.
+    unsafe {
+        libc::malloc_trim(0);
+    }
+    let t = Instant::now();
+    let engine = Engine::open(&engine_kind, &out, dim)?;
+    let open_seconds = t.elapsed().as_secs_f64();
+    let index = engine.index();
+
+    let recall_of = |found: &[Neighbour], want: &[Neighbour]| -> (usize, f32) {
+        let ids: std::collections::HashMap<u64, f32> =
+            want.iter().map(|n| (n.id, n.logit)).collect();
+        let mut hit = 0;
+        let mut worst = 0f32;
+        for f in found {
+            if let Some(l) = ids.get(&f.id) {
+                hit += 1;
+                worst = worst.max((l - f.logit).abs());
+            }
+        }
+        (hit, worst)
+    };
+    // The breadth the query server asks for k = 100 (`SearchEngine::run`: 2·(k + 1)).
+    let server_ef = 2 * 101;
+    let mut latencies = Vec::with_capacity(queries.len());
+    let (mut hits, mut worst) = (0usize, 0f32);
+    for (i, q) in queries.iter().enumerate() {
+        let t = Instant::now();
+        let found = index.search(q, 100, server_ef)?;
+        latencies.push(t.elapsed().as_secs_f64() * 1e3);
+        if i < n_truth {
+            let (h, w) = recall_of(&found, &truth[i]);
+            hits += h;
+            worst = worst.max(w);
+        }
+    }
+    let rss_after = rss_kib("VmRSS:");
+    latencies.sort_by(f64::total_cmp);
+    let recall = hits as f64 / (100 * n_truth) as f64;
+    let disk = dir_size(&out);
+    let ram = (rss_after.saturating_sub(rss_before)) * 1024;
+
+    // Probe sweep (quantised engine only).
+    let mut sweep = Vec::new();
+    if let Engine::Ivf(ivf) = &engine {
+        let sizes = ivf.list_sizes()?;
+        eprintln!(
+            "  list sizes: largest {:?}, median {}, empty {}",
+            &sizes[..sizes.len().min(5)],
+            sizes.get(sizes.len() / 2).copied().unwrap_or(0),
+            sizes.iter().filter(|s| **s == 0).count()
+        );
+        for &p in &probes {
+            let (mut h, mut lat) = (0usize, Vec::new());
+            for (q, want) in queries.iter().zip(&truth) {
+                let t = Instant::now();
+                let found = ivf.search_probing(q, 100, p)?;
+                lat.push(t.elapsed().as_secs_f64() * 1e3);
+                h += recall_of(&found, want).0;
+            }
+            lat.sort_by(f64::total_cmp);
+            sweep.push(serde_json::json!({
+                "probes": p,
+                "recall_at_100": h as f64 / (100 * n_truth) as f64,
+                "p50_ms": percentile(&lat, 0.5),
+            }));
+        }
+    }
+
+    let ingest = n as f64 / insert_seconds;
+    let tail_rate = (n - tail_from) as f64 / tail_seconds.max(1e-9);
+    eprintln!(
+        "{engine_kind}: {n} proposals of {dim} floats\n  ingest {ingest:.0} proposals/s ({tail_rate:.0}/s over the last tenth), save {persist_seconds:.1} s, open {open_seconds:.1} s\n  RAM {:.0} B/proposal (RSS +{} MiB; peak {} MiB), disk {:.0} B/proposal ({} MiB)\n  recall@100 {recall:.4} (max logit error {worst:.2e}) over {n_truth} queries; search p50/p90/p99 {:.2}/{:.2}/{:.2} ms\n  {}",
+        ram as f64 / n as f64,
+        ram >> 20,
+        rss_kib("VmHWM:") >> 10,
+        disk as f64 / n as f64,
+        disk >> 20,
+        percentile(&latencies, 0.5),
+        percentile(&latencies, 0.9),
+        percentile(&latencies, 0.99),
+        index.describe(),
+    );
+    for s in &sweep {
+        eprintln!("  probes {s}");
+    }
+    println!(
+        "{}",
+        serde_json::json!({
+            "engine": engine_kind,
+            "proposals": n,
+            "dim": dim,
+            "ram_bytes_per_proposal": ram as f64 / n as f64,
+            "disk_bytes_per_proposal": disk as f64 / n as f64,
+            "recall_at_100": recall,
+            "max_logit_error": worst,
+            "ingest_proposals_per_s": ingest,
+            "ingest_last_tenth_per_s": tail_rate,
+            "ann_p50_ms": percentile(&latencies, 0.5),
+            "ann_p90_ms": percentile(&latencies, 0.9),
+            "ann_p99_ms": percentile(&latencies, 0.99),
+            "save_seconds": persist_seconds,
+            "open_seconds": open_seconds,
+            "probe_sweep": sweep,
+        })
+    );
+    Ok(())
+}
