@@ -20,7 +20,10 @@
 //! Prints a human-readable report on stderr and one JSON object on stdout.
 //!
 //! cargo run --release --example bench_volume -- SOURCE_INDEX N OUT_DIR [--engine ivf|hnsw]
-//!     [--queries 1000] [--truth 200] [--jitter 0.15] [--probes 8,16,24,32,48,64]
+//!     [--queries 1000] [--truth 200] [--jitter 0.15] [--probes 8,16,24,32,48,64] [--one-bias]
+//!
+//! `--one-bias` gives every proposal the mean bias, so that all levels compete in every query
+//! (with the reference-architecture package's biases one level wins every query).
 
 use std::collections::BinaryHeap;
 use std::path::{Path, PathBuf};
@@ -96,14 +99,14 @@ impl Ord for Kept {
 }
 
 enum Engine {
-    Ivf(IvfVectors),
+    Ivf(Box<IvfVectors>),
     Hnsw(HnswVectors),
 }
 
 impl Engine {
     fn open(kind: &str, dir: &Path, dim: usize) -> Result<Self, Error> {
         Ok(match kind {
-            "ivf" => Engine::Ivf(IvfVectors::open(dir, dim, IvfParams::default())?),
+            "ivf" => Engine::Ivf(Box::new(IvfVectors::open(dir, dim, IvfParams::default())?)),
             "hnsw" => Engine::Hnsw(HnswVectors::open(dir, dim, HnswParams::default())?),
             other => return Err(format!("unknown engine {other} (ivf, hnsw)").into()),
         })
@@ -111,7 +114,7 @@ impl Engine {
 
     fn index(&self) -> &dyn VectorIndex {
         match self {
-            Engine::Ivf(e) => e,
+            Engine::Ivf(e) => e.as_ref(),
             Engine::Hnsw(e) => e,
         }
     }
@@ -135,6 +138,7 @@ fn main() -> Result<(), Error> {
     let out = PathBuf::from(&args[3]);
     let (mut engine_kind, mut n_queries, mut n_truth, mut jitter) =
         ("ivf".to_string(), 1000usize, 200usize, 0.15f32);
+    let mut one_bias = false;
     let mut probes: Vec<usize> = vec![8, 16, 24, 32, 48, 64];
     let mut it = args[4..].iter();
     while let Some(a) = it.next() {
@@ -144,6 +148,7 @@ fn main() -> Result<(), Error> {
             "--queries" => n_queries = value()?.parse()?,
             "--truth" => n_truth = value()?.parse()?,
             "--jitter" => jitter = value()?.parse()?,
+            "--one-bias" => one_bias = true,
             "--probes" => {
                 probes = value()?
                     .split(',')
@@ -160,8 +165,10 @@ fn main() -> Result<(), Error> {
     // Source proposals.
     let src = Index::open(&source)?;
     let mut sources: Vec<Vec<f32>> = Vec::new();
-    for p in src.store().proposals() {
-        sources.push(p?.1.vector.to_f32());
+    for image in src.store().images() {
+        for (_, _, v) in src.proposals_of(image?.0)? {
+            sources.push(v);
+        }
     }
     drop(src);
     if sources.is_empty() {
@@ -169,6 +176,23 @@ fn main() -> Result<(), Error> {
     }
     let dim = sources[0].len();
     let d = dim - 1;
+    let mut per_bias: Vec<(f32, usize)> = Vec::new();
+    for v in &sources {
+        match per_bias
+            .iter_mut()
+            .find(|(b, _)| b.to_bits() == v[d].to_bits())
+        {
+            Some((_, n)) => *n += 1,
+            None => per_bias.push((v[d], 1)),
+        }
+    }
+    eprintln!("source proposals per level bias: {per_bias:?}");
+    if one_bias {
+        // Every level competes in every query: the hard case for the index (the
+        // reference-architecture package's biases are far apart, so one level wins).
+        let mean = sources.iter().map(|v| v[d]).sum::<f32>() / sources.len() as f32;
+        sources.iter_mut().for_each(|v| v[d] = mean);
+    }
     let mut biases: Vec<f32> = sources.iter().map(|v| v[d]).collect();
     biases.sort_by(f32::total_cmp);
     biases.dedup();

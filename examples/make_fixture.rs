@@ -4,14 +4,16 @@
 //! distribution (clusters per class, real norms) while the index reaches sizes the 2-core test
 //! machine cannot index from photos in reasonable time.
 //!
+//! The target uses the default (quantised) vector engine; `SPOTTER_FIXTURE_ENGINE=hnsw` picks
+//! the HNSW one.
+//!
 //! cargo run --release --example make_fixture -- SOURCE_INDEX TARGET_INDEX COUNT
 
 use std::path::Path;
 use std::time::Instant;
 
-use spotter_indexer::records::{ProposalRecord, StoredVector};
-use spotter_indexer::store::Store;
-use spotter_indexer::Index;
+use spotter_indexer::records::ProposalRecord;
+use spotter_indexer::{EmbeddedEngine, Index};
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let args: Vec<String> = std::env::args().collect();
@@ -24,15 +26,13 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     if target.exists() {
         return Err(format!("{} exists; remove it first", target.display()).into());
     }
+    let engine = match std::env::var("SPOTTER_FIXTURE_ENGINE") {
+        Ok(name) => name.parse()?,
+        Err(_) => EmbeddedEngine::default(),
+    };
     let src = Index::open(source)?;
     let images: Vec<_> = src.store().images().collect::<Result<_, _>>()?;
-    let roots = src.store().roots()?;
-    let meta = src.meta().clone();
-    let store = Store::open(target)?;
-    store.set_meta(&meta)?;
-    for (_, root) in &roots {
-        store.root_id(root)?;
-    }
+    let index = Index::create_like(target, &src, engine)?;
     let mut seed = 0x5eed_u64;
     let mut noise = || {
         seed = seed
@@ -44,15 +44,14 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let (mut written, mut round) = (0usize, 0u32);
     'outer: loop {
         for (id, record) in &images {
-            let props = src.store().proposals_of(*id)?;
+            let props = src.proposals_of(*id)?;
             if props.is_empty() {
                 continue;
             }
-            let new_id = store.new_image_id()?;
-            let jittered: Vec<ProposalRecord> = props
+            let new_id = index.new_image_id()?;
+            let jittered: Vec<(ProposalRecord, Vec<f32>)> = props
                 .into_iter()
-                .map(|(_, p)| {
-                    let mut v = p.vector.to_f32();
+                .map(|(_, p, mut v)| {
                     let d = v.len() - 1;
                     let norm = v[..d].iter().map(|x| x * x).sum::<f32>().sqrt();
                     let amp = if round == 0 {
@@ -63,16 +62,12 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                     v[..d].iter_mut().for_each(|x| *x += amp * noise());
                     let new_norm = v[..d].iter().map(|x| x * x).sum::<f32>().sqrt().max(1e-12);
                     v[..d].iter_mut().for_each(|x| *x *= norm / new_norm);
-                    ProposalRecord {
-                        image: new_id,
-                        vector: StoredVector::new(&v, meta.half_precision),
-                        ..p
-                    }
+                    (p, v)
                 })
                 .collect();
             let mut rec = record.clone();
             rec.proposals = jittered.len() as u32;
-            store.put_image(new_id, &rec, &jittered, None)?;
+            index.commit_image(new_id, &rec, &jittered, None)?;
             written += jittered.len();
             if written >= count {
                 break 'outer;
@@ -80,20 +75,13 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         }
         round += 1;
     }
-    store.flush()?;
-    drop(store);
-    drop(src);
-    println!(
-        "wrote {written} proposals in {:.1} s; building the vector index…",
-        started.elapsed().as_secs_f64()
-    );
-    let t = Instant::now();
-    let index = Index::open(target)?; // reconcile inserts every proposal into the HNSW and saves it
+    index.persist()?;
     let live = index.vectors().len()?;
     println!(
-        "vector index: {live} vectors in {:.1} s ({:.0} vectors/s)",
-        t.elapsed().as_secs_f64(),
-        live as f64 / t.elapsed().as_secs_f64()
+        "wrote {written} proposals ({live} vectors, {} engine) in {:.1} s ({:.0} proposals/s)",
+        engine.name(),
+        started.elapsed().as_secs_f64(),
+        written as f64 / started.elapsed().as_secs_f64()
     );
     Ok(())
 }

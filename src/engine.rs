@@ -434,10 +434,10 @@ impl SearchEngine {
         threshold: f32,
     ) -> Option<ObjectHit> {
         let p = &record.proposal;
-        let v = p.vector.to_f32();
+        let v = &record.vector;
         let (mut best, mut best_rank, mut best_concept) = (f32::MIN, f32::MIN, "");
         for (text, weight, q) in positives {
-            let prob = self.scoring.probability(dot(q, &v));
+            let prob = self.scoring.probability(dot(q, v));
             if prob * weight > best_rank {
                 (best, best_rank, best_concept) = (prob, prob * weight, text);
             }
@@ -447,7 +447,7 @@ impl SearchEngine {
         }
         if negatives
             .iter()
-            .any(|n| self.scoring.probability(dot(n, &v)) > best)
+            .any(|n| self.scoring.probability(dot(n, v)) > best)
         {
             return None;
         }

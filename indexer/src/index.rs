@@ -7,10 +7,54 @@ use spotter_model::ModelPackage;
 
 use crate::backend::{BackendConfig, Shard, VectorBackend};
 use crate::error::{IndexError, Result};
+use crate::ivf::{IvfParams, IvfVectors};
 use crate::records::{ImageRecord, IndexMeta, ProposalRecord, StoredVector};
 use crate::relpath::RelPath;
 use crate::store::Store;
 use crate::vectors::{HitPayload, HnswParams, HnswVectors, VectorEntry, VectorIndex};
+
+/// The embedded vector engine of an index folder.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum EmbeddedEngine {
+    /// Per-level inverted lists of int8 codes under hnsw_rs centroid graphs, re-ranked from fine
+    /// codes on disk ([`IvfVectors`]); the vectors live in it alone (the default for new
+    /// indexes).
+    #[default]
+    Quantised,
+    /// hnsw_rs cosine graphs per level and norm band over f32 points ([`HnswVectors`]), the
+    /// vectors also in the store: what indexes made before the quantised engine use.
+    Hnsw,
+}
+
+impl EmbeddedEngine {
+    /// Store key holding the engine name; indexes without it predate the quantised engine.
+    pub const KEY: &'static str = "embedded_engine";
+
+    /// The name stored and shown.
+    pub fn name(self) -> &'static str {
+        match self {
+            EmbeddedEngine::Quantised => "quantised",
+            EmbeddedEngine::Hnsw => "hnsw",
+        }
+    }
+}
+
+impl std::str::FromStr for EmbeddedEngine {
+    type Err = IndexError;
+
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "quantised" | "quantized" => Ok(EmbeddedEngine::Quantised),
+            "hnsw" => Ok(EmbeddedEngine::Hnsw),
+            other => Err(IndexError::Invalid(format!(
+                "unknown vector engine '{other}': expected quantised or hnsw"
+            ))),
+        }
+    }
+}
+
+/// Vectors queued for engines that take them in batches (see [`Index::flush_vectors`]).
+const INSERT_CHUNK: usize = 2048;
 
 /// Settings chosen when an index is created (and checked when it is opened for indexing).
 #[derive(Debug, Clone, PartialEq, Default)]
@@ -26,6 +70,8 @@ pub struct IndexSettings {
     pub shard: Option<Shard>,
     /// Only search the shared engine, never index into it (see [`Index::attach`]).
     pub search_only: bool,
+    /// Embedded engine of a new index; `None` keeps the index's own (quantised for a new one).
+    pub embedded_engine: Option<EmbeddedEngine>,
 }
 
 /// One proposal with what a search result shows of its image.
@@ -33,8 +79,11 @@ pub struct IndexSettings {
 pub struct HitRecord {
     /// Proposal id.
     pub id: u64,
-    /// The proposal (box, objectness, level, stored vector).
+    /// The proposal (box, objectness, level; its `vector` field is the store's, which may only
+    /// say that the vector index holds it: use [`HitRecord::vector`]).
     pub proposal: ProposalRecord,
+    /// The stored vector (`[scale_l · e ; bias_l]`).
+    pub vector: Vec<f32>,
     /// Archive root id (in this index folder's roots table).
     pub root: u32,
     /// Path relative to the root.
@@ -117,13 +166,21 @@ pub struct IndexStats {
     pub walk_problems: Vec<RootProblem>,
 }
 
-/// An index folder: `db/` (sled) and, with the embedded engine, `vectors/` (HNSW dump).
+/// An index folder: `db/` (sled) and, with an embedded engine, `vectors/`.
+///
+/// The one reader and writer of both: every change of an image (commit, move, removal) goes
+/// through one method here, which orders the store and vector writes so that a crash between
+/// them leaves a state [`Index::reconcile`] repairs at the next open.
 pub struct Index {
     dir: PathBuf,
     store: Store,
-    vectors: Box<dyn VectorIndex>,
+    vectors: std::sync::Arc<dyn VectorIndex>,
+    /// The quantised engine, when it is the one (it alone holds the vectors).
+    quantised: Option<std::sync::Arc<IvfVectors>>,
     meta: IndexMeta,
     backend: BackendConfig,
+    /// Vectors written to the store but not yet to a batching engine.
+    pending: std::sync::Mutex<Vec<VectorEntry>>,
 }
 
 /// Stable hash of a manifest (BLAKE3 of its re-serialised JSON): the one rule that tells
@@ -193,7 +250,65 @@ impl Index {
             }
         };
         let backend = Self::settle_backend(dir, &store, settings)?;
+        Self::settle_engine(dir, &store, settings)?;
         Self::finish_open(dir, store, meta, backend)
+    }
+
+    /// Creates an empty index in `dir` for the same model (and roots) as `like`, with the
+    /// embedded `engine`: for fixtures and benchmarks that copy an index's proposals.
+    pub fn create_like(dir: &Path, like: &Index, engine: EmbeddedEngine) -> Result<Self> {
+        if dir.join("db").exists() {
+            return Err(IndexError::Invalid(format!(
+                "{} already holds an index",
+                dir.display()
+            )));
+        }
+        std::fs::create_dir_all(dir).map_err(|source| IndexError::Io {
+            path: dir.to_path_buf(),
+            source,
+        })?;
+        let store = Store::open(dir)?;
+        store.set_meta(&like.meta)?;
+        for (_, root) in like.store.roots()? {
+            store.root_id(&root)?;
+        }
+        let settings = IndexSettings {
+            embedded_engine: Some(engine),
+            ..Default::default()
+        };
+        let backend = Self::settle_backend(dir, &store, &settings)?;
+        Self::settle_engine(dir, &store, &settings)?;
+        Self::finish_open(dir, store, like.meta.clone(), backend)
+    }
+
+    /// Records the embedded engine of a new index; refuses another one for an existing index.
+    fn settle_engine(dir: &Path, store: &Store, settings: &IndexSettings) -> Result<()> {
+        let recorded = store.get_value(EmbeddedEngine::KEY)?.is_some();
+        let holds_images = store.counts().0 > 0;
+        let have = Self::stored_engine(store)?;
+        match settings.embedded_engine {
+            Some(wanted) if (recorded || holds_images) && wanted != have => {
+                Err(IndexError::Incompatible(format!(
+                    "{} uses the {} vector engine, not {}: leave out --vector-engine or index into a new --index folder",
+                    dir.display(),
+                    have.name(),
+                    wanted.name()
+                )))
+            }
+            _ if recorded || holds_images => Ok(()),
+            wanted => store.set_value(
+                EmbeddedEngine::KEY,
+                wanted.unwrap_or_default().name().as_bytes(),
+            ),
+        }
+    }
+
+    /// The embedded engine a folder uses (HNSW for folders made before the key existed).
+    fn stored_engine(store: &Store) -> Result<EmbeddedEngine> {
+        match store.get_value(EmbeddedEngine::KEY)? {
+            None => Ok(EmbeddedEngine::Hnsw),
+            Some(bytes) => String::from_utf8_lossy(&bytes).parse(),
+        }
     }
 
     /// The index's engine and shard, after checking `settings` against what the folder holds.
@@ -317,26 +432,40 @@ impl Index {
         meta: IndexMeta,
         backend: BackendConfig,
     ) -> Result<Self> {
-        let vectors: Box<dyn VectorIndex> = match &backend.vectors {
-            VectorBackend::Embedded => {
-                let params = HnswParams {
-                    m: meta.hnsw_m,
-                    ef_construction: meta.hnsw_ef_construction,
-                };
-                Box::new(HnswVectors::open(
-                    &dir.join("vectors"),
-                    meta.vector_dim,
-                    params,
-                )?)
-            }
-            VectorBackend::Milvus(config) => open_milvus(config, &meta, backend.shard)?,
+        let mut quantised = None;
+        let vectors: std::sync::Arc<dyn VectorIndex> = match &backend.vectors {
+            VectorBackend::Embedded => match Self::stored_engine(&store)? {
+                EmbeddedEngine::Hnsw => {
+                    let params = HnswParams {
+                        m: meta.hnsw_m,
+                        ef_construction: meta.hnsw_ef_construction,
+                    };
+                    std::sync::Arc::new(HnswVectors::open(
+                        &dir.join("vectors"),
+                        meta.vector_dim,
+                        params,
+                    )?)
+                }
+                EmbeddedEngine::Quantised => {
+                    let engine = std::sync::Arc::new(IvfVectors::open(
+                        &dir.join("vectors").join("ivf"),
+                        meta.vector_dim,
+                        IvfParams::default(),
+                    )?);
+                    quantised = Some(engine.clone());
+                    engine
+                }
+            },
+            VectorBackend::Milvus(config) => open_milvus(config, &meta, backend.shard)?.into(),
         };
         let index = Index {
             dir: dir.to_path_buf(),
             store,
             vectors,
+            quantised,
             meta,
             backend,
+            pending: std::sync::Mutex::new(Vec::new()),
         };
         // A folder that only searches a shared collection owns none of its vectors.
         if !index.vectors.keeps_payload() || index.backend.shard.is_some() {
@@ -347,7 +476,9 @@ impl Index {
 
     /// Makes the vector index agree with the store: re-inserts proposals the last dump missed
     /// (crash between the two) and deletes vectors whose proposal is gone. With a shared
-    /// engine this covers this folder's shard only.
+    /// engine this covers this folder's shard only. When the vector index alone held a missing
+    /// vector (the quantised engine, after a power loss before its files were synced), the
+    /// image's record is dropped so that the next run indexes the file again.
     fn reconcile(&self) -> Result<()> {
         let in_vectors = self.vectors.ids()?;
         let mut in_store = HashSet::with_capacity(in_vectors.len());
@@ -363,6 +494,7 @@ impl Index {
         if !extra.is_empty() {
             self.vectors.remove(&extra)?;
         }
+        let mut lost_images: HashMap<u64, ImageRecord> = HashMap::new();
         if !missing.is_empty() {
             tracing::info!(
                 count = missing.len(),
@@ -375,18 +507,138 @@ impl Index {
                     let Some(p) = self.store.proposal(id)? else {
                         continue;
                     };
-                    let image = self.image_cached(&mut images, p.image)?;
-                    if let Some(image) = image {
-                        items.push(self.vector_entry(id, p.image, &image, &p)?);
+                    let Some(image) = self.image_cached(&mut images, p.image)? else {
+                        continue;
+                    };
+                    match p.vector.to_f32() {
+                        Some(v) => items.push(self.vector_entry(id, p.image, &image, &p, v)?),
+                        None => {
+                            lost_images.insert(p.image, image);
+                        }
                     }
                 }
                 self.vectors.insert(&items)?;
             }
         }
+        if !lost_images.is_empty() {
+            tracing::warn!(
+                images = lost_images.len(),
+                "the vector files lost the vectors of some images (a crash before they were saved); \
+                 their records are dropped and the next `spotter index` run indexes them again"
+            );
+            for (id, record) in &lost_images {
+                self.remove_image(*id, record)?;
+            }
+            self.store.flush()?;
+        }
         if !missing.is_empty() || !extra.is_empty() {
             self.vectors.persist()?;
         }
         Ok(())
+    }
+
+    /// Writes image `id`'s record and its proposals (`proposals[rank]` with its vector, image
+    /// field ignored), replacing `previous` (another record at the same path). The vector index
+    /// learns of them in the order that survives a crash: an engine that alone holds the vectors
+    /// gets them before the store commits (an orphan vector is dropped at open), any other after
+    /// (a missing vector is re-inserted from the store at open).
+    pub fn commit_image(
+        &self,
+        id: u64,
+        record: &ImageRecord,
+        proposals: &[(ProposalRecord, Vec<f32>)],
+        previous: Option<(u64, &ImageRecord)>,
+    ) -> Result<()> {
+        let mut records = Vec::with_capacity(proposals.len());
+        let mut entries = Vec::with_capacity(proposals.len());
+        let in_engine = self.quantised.is_some();
+        for (rank, (p, v)) in proposals.iter().enumerate() {
+            let stored = ProposalRecord {
+                image: id,
+                vector: if in_engine {
+                    StoredVector::InVectorIndex
+                } else {
+                    StoredVector::new(v, self.meta.half_precision)
+                },
+                ..p.clone()
+            };
+            entries.push(self.vector_entry(
+                crate::records::proposal_id(id, rank as u32),
+                id,
+                record,
+                &stored,
+                v.clone(),
+            )?);
+            records.push(stored);
+        }
+        if in_engine {
+            self.vectors.insert(&entries)?;
+            self.store.put_image(id, record, &records, previous)?;
+        } else {
+            self.store.put_image(id, record, &records, previous)?;
+            self.queue_vectors(entries)?;
+        }
+        if let Some((old_id, old)) = previous {
+            self.retire_vectors(old_id, old)?;
+        }
+        Ok(())
+    }
+
+    /// Drops image `id` (its record, path, hash and proposals) and its vectors.
+    pub fn remove_image(&self, id: u64, record: &ImageRecord) -> Result<()> {
+        self.store.remove_image(id, record)?;
+        self.retire_vectors(id, record)
+    }
+
+    /// Moves image `id` from `old`'s path to `new`'s (same content, same proposals).
+    pub fn move_image(&self, id: u64, old: &ImageRecord, new: &ImageRecord) -> Result<()> {
+        self.store.move_image(id, old, new)?;
+        self.image_moved(id, new)
+    }
+
+    /// Replaces image `id`'s record by `record` without touching its proposals (a `touch`).
+    pub fn update_image(&self, id: u64, record: &ImageRecord) -> Result<()> {
+        self.store.update_image(id, record)
+    }
+
+    fn retire_vectors(&self, id: u64, record: &ImageRecord) -> Result<()> {
+        let ids: Vec<u64> = (0..record.proposals)
+            .map(|r| crate::records::proposal_id(id, r))
+            .collect();
+        if let Ok(mut pending) = self.pending.lock() {
+            pending.retain(|e| !ids.contains(&e.id));
+        }
+        self.vectors.remove(&ids)
+    }
+
+    fn queue_vectors(&self, entries: Vec<VectorEntry>) -> Result<()> {
+        let full = {
+            let mut pending = self
+                .pending
+                .lock()
+                .map_err(|_| IndexError::Vectors("lock poisoned".into()))?;
+            pending.extend(entries);
+            pending.len() >= INSERT_CHUNK
+        };
+        if full {
+            self.flush_vectors()?;
+        }
+        Ok(())
+    }
+
+    /// Hands queued vectors to the engine (they become searchable). Engines that hold the
+    /// vectors alone never queue.
+    pub fn flush_vectors(&self) -> Result<()> {
+        let batch = std::mem::take(
+            &mut *self
+                .pending
+                .lock()
+                .map_err(|_| IndexError::Vectors("lock poisoned".into()))?,
+        );
+        if batch.is_empty() {
+            return Ok(());
+        }
+        self.vectors.insert(&batch)
     }
 
     /// The index folder.
@@ -418,14 +670,15 @@ impl Index {
         }
     }
 
-    /// The vector to store for proposal `id` of `image` (with its payload when the engine
-    /// keeps one).
-    pub fn vector_entry(
+    /// The vector entry of proposal `id` of `image` (with its payload when the engine keeps
+    /// one).
+    fn vector_entry(
         &self,
         id: u64,
         image_id: u64,
         image: &ImageRecord,
         proposal: &ProposalRecord,
+        vector: Vec<f32>,
     ) -> Result<VectorEntry> {
         let payload = if self.vectors.keeps_payload() {
             Some(HitPayload {
@@ -443,21 +696,66 @@ impl Index {
         };
         Ok(VectorEntry {
             id,
-            vector: proposal.vector.to_f32(),
+            vector,
             payload,
         })
     }
 
     /// Tells an engine that keeps payloads that image `id` now lives at `record`'s path.
-    pub fn image_moved(&self, id: u64, record: &ImageRecord) -> Result<()> {
+    fn image_moved(&self, id: u64, record: &ImageRecord) -> Result<()> {
         if !self.vectors.keeps_payload() {
             return Ok(());
         }
         let mut entries = Vec::new();
-        for (pid, p) in self.store.proposals_of(id)? {
-            entries.push(self.vector_entry(pid, id, record, &p)?);
+        for (pid, p, v) in self.proposals_of(id)? {
+            entries.push(self.vector_entry(pid, id, record, &p, v)?);
         }
         self.vectors.update_payloads(&entries)
+    }
+
+    /// The proposals of image `id` with their stored vectors, in rank order.
+    pub fn proposals_of(&self, id: u64) -> Result<Vec<(u64, ProposalRecord, Vec<f32>)>> {
+        let records = self.store.proposals_of(id)?;
+        let ids: Vec<u64> = records.iter().map(|(pid, _)| *pid).collect();
+        let vectors = self.vectors_of(&ids, records.iter().map(|(_, p)| &p.vector))?;
+        Ok(records
+            .into_iter()
+            .zip(vectors)
+            .map(|((pid, p), v)| (pid, p, v))
+            .collect())
+    }
+
+    /// The stored vectors of proposals `ids`, whose records hold `held` (each the record's own
+    /// copy, or a note that the quantised engine holds it). A vector that neither has is
+    /// corruption: the store and the vector files disagree after open.
+    fn vectors_of<'a>(
+        &self,
+        ids: &[u64],
+        held: impl Iterator<Item = &'a StoredVector>,
+    ) -> Result<Vec<Vec<f32>>> {
+        let held: Vec<Option<Vec<f32>>> = held.map(StoredVector::to_f32).collect();
+        let wanted: Vec<u64> = ids
+            .iter()
+            .zip(&held)
+            .filter(|(_, v)| v.is_none())
+            .map(|(id, _)| *id)
+            .collect();
+        let mut fetched = match (&self.quantised, wanted.is_empty()) {
+            (_, true) => Vec::new(),
+            (Some(engine), false) => engine.stored_vectors(&wanted)?,
+            (None, false) => vec![None; wanted.len()],
+        }
+        .into_iter();
+        ids.iter()
+            .zip(held)
+            .map(|(id, v)| match v {
+                Some(v) => Ok(v),
+                None => fetched.next().flatten().ok_or_else(|| IndexError::Corrupt {
+                    what: format!("proposal {id}"),
+                    message: "its vector is in neither the store nor the vector index".into(),
+                }),
+            })
+            .collect()
     }
 
     fn root_path(&self, root: u32) -> Result<PathBuf> {
@@ -494,8 +792,9 @@ impl Index {
                         bbox: hit.payload.bbox,
                         objectness: hit.payload.objectness,
                         level: hit.payload.level,
-                        vector: StoredVector::F32(hit.vector),
+                        vector: StoredVector::InVectorIndex,
                     },
+                    vector: hit.vector,
                     root,
                     rel_path: hit.payload.path,
                     width: hit.payload.width,
@@ -514,11 +813,17 @@ impl Index {
             out.push(HitRecord {
                 id,
                 proposal: p,
+                vector: Vec::new(), // filled below, all at once
                 root: image.root,
                 rel_path: image.rel_path,
                 width: image.width,
                 height: image.height,
             });
+        }
+        let found: Vec<u64> = out.iter().map(|h| h.id).collect();
+        let vectors = self.vectors_of(&found, out.iter().map(|h| &h.proposal.vector))?;
+        for (hit, v) in out.iter_mut().zip(vectors) {
+            hit.vector = v;
         }
         Ok(out)
     }
@@ -540,13 +845,13 @@ impl Index {
     /// The stored vector of proposal `id`, if it exists.
     pub fn proposal_vector(&self, id: u64) -> Result<Option<Vec<f32>>> {
         if let Some(p) = self.store.proposal(id)? {
-            return Ok(Some(p.vector.to_f32()));
+            return Ok(self.vectors_of(&[id], std::iter::once(&p.vector))?.pop());
         }
         Ok(self
             .hit_records(&[id])?
             .into_iter()
             .next()
-            .map(|h| h.proposal.vector.to_f32()))
+            .map(|h| h.vector))
     }
 
     /// Image `id` as the server shows it: from the store, or from a shared engine's payloads.
@@ -604,16 +909,25 @@ impl Index {
         Ok(image.rel_path.join_onto(&self.root_path(image.root)?))
     }
 
-    /// Drops deleted vectors from the vector index and saves it.
+    /// Drops deleted vectors from the vector index (the quantised engine also retrains its
+    /// lists for the index's size) and saves it.
     pub fn compact(&self) -> Result<()> {
+        self.flush_vectors()?;
         self.vectors.compact()?;
         self.vectors.persist()
     }
 
-    /// Saves the vector index and flushes the store.
+    /// Saves the vector index and flushes the store, in the order that survives a crash
+    /// between the two (see [`Index::commit_image`]).
     pub fn persist(&self) -> Result<()> {
-        self.store.flush()?;
-        self.vectors.persist()
+        self.flush_vectors()?;
+        if self.quantised.is_some() {
+            self.vectors.persist()?;
+            self.store.flush()
+        } else {
+            self.store.flush()?;
+            self.vectors.persist()
+        }
     }
 
     /// Counts and sizes.

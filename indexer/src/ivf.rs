@@ -5,10 +5,12 @@
 //! order, and is quantised twice (see [`crate::quant`]): the coarse code (`D` bytes) and its scale
 //! stay in memory, the fine residual code (`D` bytes) stays on disk.
 //!
-//! Slots are grouped in *parts*, one per bias (one per scoring level): `<q, v> = <t, x> + b·q_D`,
-//! so a part's best logit is at most `max|x|·|t| + b·q_D`, and a query visits the parts from the
-//! highest such ceiling down, stopping when the next ceiling cannot beat what it holds (levels of
-//! very different bias are never searched in vain). Inside a part, until
+//! Slots are grouped in *parts*, one per bias (one per scoring level) and norm band (a factor √2
+//! wide): `<q, v> = <t, x> + b·q_D`, so a part's best logit is at most `max|x|·|t| + b·q_D`, and
+//! a query visits the parts from the highest such ceiling down, stopping when the next ceiling
+//! cannot beat what it holds (levels of very different bias are never searched in vain). Inside
+//! a part norms differ by at most √2, so ranking by direction ranks nearly by logit. Inside a
+//! part, until
 //! [`IvfParams::train_at`] vectors are stored, a query scans every coarse code. Then spherical
 //! k-means over the part's *centred* directions `(x − μ) / |x − μ|` (`μ` the part's mean: within a
 //! part `<t, x> = <t, μ> + <t, x − μ>`, and the first term is the same for every vector) gives
@@ -68,7 +70,7 @@ const FINE_FILE: &str = "fine.i8";
 const SLOTS_FILE: &str = "slots.bin";
 const LISTS_FILE: &str = "lists.bin";
 const DELETED_FILE: &str = "deleted.bin";
-const LISTS_MAGIC: &[u8; 8] = b"SPIVF\x00\x00\x02";
+const LISTS_MAGIC: &[u8; 8] = b"SPIVF\x00\x00\x03";
 /// Slots per block of coarse codes (blocks keep growth from copying all codes).
 const BLOCK_SLOTS: usize = 1 << 16;
 /// Training sample per list (FAISS warns below 39).
@@ -134,9 +136,19 @@ impl Lists {
     }
 }
 
-/// The slots of one bias (one scoring level).
+/// Parts per doubling of the embedding norm: inside a part norms differ by at most √2, so the
+/// direction lists rank its vectors nearly as their logits do.
+const BANDS_PER_OCTAVE: f32 = 2.0;
+
+/// The norm band of an embedding norm.
+fn band_of(norm: f32) -> i32 {
+    (norm.max(1e-20).log2() * BANDS_PER_OCTAVE).floor() as i32
+}
+
+/// The slots of one bias (one scoring level) and one norm band.
 struct Part {
     bias: f32,
+    band: i32,
     /// Upper bound of `|x|` over the part's slots (for the stopping rule).
     max_norm: f32,
     live: usize,
@@ -155,7 +167,9 @@ struct State {
     /// Slot → list within its part (`UNASSIGNED` when in the part's flat scan).
     assign: Vec<u32>,
     parts: Vec<Part>,
-    part_of_bias: HashMap<u32, usize>,
+    /// Slot → part.
+    part: Vec<u32>,
+    part_of_key: HashMap<(u32, i32), usize>,
     slot_of: HashMap<u64, u32>,
     deleted: Vec<u64>,
     n_deleted: usize,
@@ -173,7 +187,8 @@ impl State {
             blocks: Vec::new(),
             assign: Vec::new(),
             parts: Vec::new(),
-            part_of_bias: HashMap::new(),
+            part: Vec::new(),
+            part_of_key: HashMap::new(),
             slot_of: HashMap::new(),
             deleted: Vec::new(),
             n_deleted: 0,
@@ -192,7 +207,7 @@ impl State {
     }
 
     fn part_of(&self, slot: usize) -> usize {
-        self.part_of_bias[&self.biases[slot].to_bits()]
+        self.part[slot] as usize
     }
 
     fn is_deleted(&self, slot: usize) -> bool {
@@ -223,7 +238,7 @@ impl State {
     /// Adds a slot (in no list yet: see [`State::place`]).
     fn push(&mut self, id: u64, scale: f32, bias: f32, coarse: &[i8]) -> usize {
         let slot = self.slots();
-        if slot % BLOCK_SLOTS == 0 {
+        if slot.is_multiple_of(BLOCK_SLOTS) {
             self.blocks.push(Vec::with_capacity(BLOCK_SLOTS * self.d));
         }
         if let Some(block) = self.blocks.last_mut() {
@@ -233,11 +248,18 @@ impl State {
         self.scales.push(scale);
         self.biases.push(bias);
         self.assign.push(UNASSIGNED);
+        let coarse_norm = scale * (dot_i8(coarse, coarse) as f32).sqrt();
+        let band = band_of(coarse_norm);
         let parts = self.parts.len();
-        let part = *self.part_of_bias.entry(bias.to_bits()).or_insert(parts);
+        let part = *self
+            .part_of_key
+            .entry((bias.to_bits(), band))
+            .or_insert(parts);
+        self.part.push(part as u32);
         if part == parts {
             self.parts.push(Part {
                 bias,
+                band,
                 max_norm: 0.0,
                 live: 0,
                 flat: Vec::new(),
@@ -245,8 +267,7 @@ impl State {
             });
         }
         // |x| ≤ |s·c| + |x − s·c| ≤ |s·c| + √D·s/2.
-        let norm = scale * (dot_i8(coarse, coarse) as f32).sqrt()
-            + (self.d as f32).sqrt() * scale * 0.5;
+        let norm = coarse_norm + (self.d as f32).sqrt() * scale * 0.5;
         let p = &mut self.parts[part];
         p.max_norm = p.max_norm.max(norm);
         p.live += 1;
@@ -485,7 +506,11 @@ fn train_lists(state: &State, slots: &[usize]) -> (Lists, Vec<u32>) {
 fn install_lists(state: &mut State, part: usize, lists: Lists, slots: &[usize], assigned: &[u32]) {
     let flat = std::mem::take(&mut state.parts[part].flat);
     state.parts[part].lists = Some(lists);
-    let known: HashMap<usize, u32> = slots.iter().copied().zip(assigned.iter().copied()).collect();
+    let known: HashMap<usize, u32> = slots
+        .iter()
+        .copied()
+        .zip(assigned.iter().copied())
+        .collect();
     for slot in flat {
         let slot = slot as usize;
         if state.is_deleted(slot) {
@@ -542,7 +567,7 @@ fn deleted_bytes(state: &State) -> Vec<u8> {
     out
 }
 
-/// `lists.bin`: magic, trained parts, slots; per trained part its bias, nlist, mean and
+/// `lists.bin`: magic, trained parts, slots; per trained part its bias, band, nlist, mean and
 /// centroids; then every slot's list.
 fn lists_bytes(state: &State) -> Vec<u8> {
     let trained: Vec<&Part> = state.parts.iter().filter(|p| p.lists.is_some()).collect();
@@ -553,6 +578,7 @@ fn lists_bytes(state: &State) -> Vec<u8> {
     for part in trained {
         let Some(lists) = &part.lists else { continue };
         out.extend_from_slice(&part.bias.to_le_bytes());
+        out.extend_from_slice(&part.band.to_le_bytes());
         out.extend_from_slice(&(lists.nlist() as u32).to_le_bytes());
         for x in lists.mean.iter().chain(&lists.centroids) {
             out.extend_from_slice(&x.to_le_bytes());
@@ -654,11 +680,12 @@ impl IvfVectors {
             let mut at = 24;
             for _ in 0..trained {
                 let head = bytes
-                    .get(at..at + 8)
+                    .get(at..at + 12)
                     .ok_or_else(|| bad("cut short".into()))?;
                 let bias = f32::from_le_bytes(head[..4].try_into().expect("4 bytes"));
-                let nlist = u32::from_le_bytes(head[4..].try_into().expect("4 bytes")) as usize;
-                at += 8;
+                let band = i32::from_le_bytes(head[4..8].try_into().expect("4 bytes"));
+                let nlist = u32::from_le_bytes(head[8..].try_into().expect("4 bytes")) as usize;
+                at += 12;
                 let size = (nlist + 1) * d * 4;
                 let body = bytes
                     .get(at..at + size)
@@ -667,9 +694,11 @@ impl IvfVectors {
                 let values: Vec<f32> = f32s(body).collect();
                 let (mean, centroids) = values.split_at(d);
                 // A part whose slots are all gone after a crash has nothing to list.
-                if let Some(&part) = state.part_of_bias.get(&bias.to_bits()) {
+                if let Some(&part) = state.part_of_key.get(&(bias.to_bits(), band)) {
                     if nlist == 0 {
-                        return Err(bad(format!("a part with no lists (bias {bias})")));
+                        return Err(bad(format!(
+                            "a part with no lists (bias {bias}, band {band})"
+                        )));
                     }
                     state.parts[part].lists =
                         Some(Lists::new(d, mean.to_vec(), centroids.to_vec()));
@@ -936,7 +965,11 @@ impl IvfVectors {
                 .filter(|s| !state.is_deleted(*s))
                 .collect();
             let (codes, fine, slots) = self.rows(&state, &live)?;
-            for (name, bytes) in [(CODES_FILE, &codes), (FINE_FILE, &fine), (SLOTS_FILE, &slots)] {
+            for (name, bytes) in [
+                (CODES_FILE, &codes),
+                (FINE_FILE, &fine),
+                (SLOTS_FILE, &slots),
+            ] {
                 write_atomically(&fresh_dir.join(name), bytes)?;
             }
             (state.d, live)
@@ -967,7 +1000,12 @@ impl IvfVectors {
             Files::open(&fresh_dir)?.append(&fresh_dir, &codes, &fine, &slots)?;
             for &slot in &added {
                 let coarse = state.code(slot).to_vec();
-                let at = fresh.push(state.ids[slot], state.scales[slot], state.biases[slot], &coarse);
+                let at = fresh.push(
+                    state.ids[slot],
+                    state.scales[slot],
+                    state.biases[slot],
+                    &coarse,
+                );
                 fresh.place(at);
             }
         }
@@ -1139,7 +1177,7 @@ mod tests {
                 let (s, b) = levels[(i / 7) % 3];
                 let mut e: Vec<f32> = c.iter().map(|x| x + 0.8 * rng.next()).collect();
                 normalise(&mut e);
-                let n = 20.0 + 20.0 * rng.next().abs();
+                let n = 28.0 + 4.0 * rng.next().abs(); // one norm band per level
                 let mut v: Vec<f32> = e.iter().map(|x| x * s * n).collect();
                 v.push(b);
                 (i as u64 * 5 + 3, v)
@@ -1155,7 +1193,12 @@ mod tests {
         q
     }
 
-    fn exact(items: &[(u64, Vec<f32>)], q: &[f32], k: usize, skip: &HashSet<u64>) -> Vec<Neighbour> {
+    fn exact(
+        items: &[(u64, Vec<f32>)],
+        q: &[f32],
+        k: usize,
+        skip: &HashSet<u64>,
+    ) -> Vec<Neighbour> {
         let mut all: Vec<Neighbour> = items
             .iter()
             .filter(|(id, _)| !skip.contains(id))
@@ -1183,7 +1226,12 @@ mod tests {
     }
 
     /// Recall@k of the index against the exact scan, and the largest logit error of the hits.
-    fn check(index: &IvfVectors, items: &[(u64, Vec<f32>)], d: usize, skip: &HashSet<u64>) -> (f32, f32) {
+    fn check(
+        index: &IvfVectors,
+        items: &[(u64, Vec<f32>)],
+        d: usize,
+        skip: &HashSet<u64>,
+    ) -> (f32, f32) {
         let mut rng = Rng(77);
         let (mut found, mut wanted, mut worst) = (0, 0, 0f32);
         for _ in 0..20 {
@@ -1220,7 +1268,11 @@ mod tests {
         index.insert(&entries(&items[1500..])).unwrap();
         index.insert(&entries(&items[..10])).unwrap(); // replays are ignored
         assert_eq!(index.len().unwrap(), 6000);
-        assert_eq!(index.lists().unwrap(), Some(3 * lists_for(2000)), "one set of lists per level");
+        assert_eq!(
+            index.lists().unwrap(),
+            Some(3 * lists_for(2000)),
+            "one set of lists per level"
+        );
         let (recall, worst) = check(&index, &items, d, &HashSet::new());
         assert!(recall >= 0.98, "recall {recall}");
         assert!(worst < 1e-4, "{worst}");
@@ -1234,17 +1286,25 @@ mod tests {
         }
 
         let removed: HashSet<u64> = items.iter().step_by(3).map(|(id, _)| *id).collect();
-        index.remove(&removed.iter().copied().collect::<Vec<_>>()).unwrap();
+        index
+            .remove(&removed.iter().copied().collect::<Vec<_>>())
+            .unwrap();
         assert_eq!(index.tombstones().unwrap(), 2000);
         index.persist().unwrap();
         drop(index);
 
         let index = IvfVectors::open(&dir, d + 1, params).unwrap();
-        assert_eq!((index.len().unwrap(), index.tombstones().unwrap()), (4000, 2000));
+        assert_eq!(
+            (index.len().unwrap(), index.tombstones().unwrap()),
+            (4000, 2000)
+        );
         let (recall, _) = check(&index, &items, d, &removed);
         assert!(recall >= 0.98, "recall after reload {recall}");
         index.compact().unwrap();
-        assert_eq!((index.len().unwrap(), index.tombstones().unwrap()), (4000, 0));
+        assert_eq!(
+            (index.len().unwrap(), index.tombstones().unwrap()),
+            (4000, 0)
+        );
         let (recall, worst) = check(&index, &items, d, &removed);
         assert!(recall >= 0.98, "recall after compaction {recall}");
         assert!(worst < 1e-4);
@@ -1267,7 +1327,10 @@ mod tests {
         let mut all: Vec<(u64, Vec<f32>)> = items.clone();
         all.extend(late.iter().cloned());
         let want: Vec<u64> = exact(&all, &q, 5, &removed).iter().map(|n| n.id).collect();
-        assert!(want.contains(&late[4].0), "the test's query should find its own vector");
+        assert!(
+            want.contains(&late[4].0),
+            "the test's query should find its own vector"
+        );
         assert_eq!(best.iter().map(|n| n.id).collect::<Vec<_>>(), want);
         index.persist().unwrap();
         drop(index);

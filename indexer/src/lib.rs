@@ -5,6 +5,7 @@
 //! - [`pipeline`]: one indexing run (decode, model, write), incremental and crash-safe;
 //! - [`store`]: the sled database, the source of truth;
 //! - [`vectors`]: the vector index interface and its embedded HNSW implementation;
+//! - [`ivf`] and [`quant`]: the quantised embedded engine (the default) and its int8 codes;
 //! - [`backend`]: which vector engine an index uses (embedded or Milvus) and `--shard I/N`;
 //! - `milvus` (cargo feature `milvus`): the vector index on a Milvus collection;
 //! - [`index`]: an open index (store + vectors, reconciled at open), stats, compaction.
@@ -25,7 +26,9 @@ pub mod walk;
 
 pub use backend::{BackendConfig, Shard, VectorBackend};
 pub use error::{IndexError, Result};
-pub use index::{HitRecord, ImageInfo, Index, IndexSettings, IndexStats, RootProblem};
+pub use index::{
+    EmbeddedEngine, HitRecord, ImageInfo, Index, IndexSettings, IndexStats, RootProblem,
+};
 pub use pipeline::{run, Failure, IndexRequest, NoProgress, Progress, RunReport};
 pub use relpath::RelPath;
 pub use vectors::{HnswParams, VectorEntry, VectorIndex};

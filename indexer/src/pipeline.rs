@@ -19,11 +19,8 @@ use spotter_model::{
 
 use crate::error::{IndexError, Result};
 use crate::index::Index;
-use crate::records::{
-    proposal_id, ImageRecord, ImageStatus, ProposalRecord, StoredVector, PROPOSAL_BITS,
-};
+use crate::records::{ImageRecord, ImageStatus, ProposalRecord, StoredVector, PROPOSAL_BITS};
 use crate::relpath::RelPath;
-use crate::vectors::VectorEntry;
 use crate::walk::{walk, FoundFile, WalkOptions};
 
 /// What to index and how.
@@ -57,9 +54,6 @@ pub const MASS_DELETION_MIN: usize = 10;
 
 /// Fresh vectors are handed to the vector index (and become searchable) at least this often.
 pub const FRESH_VECTORS_EVERY: Duration = Duration::from_secs(1);
-
-/// Vectors are inserted in chunks of at most this many.
-const INSERT_CHUNK: usize = 2048;
 
 impl IndexRequest {
     /// A request for `roots` with `params` and the defaults: default walk, batch 4, default
@@ -398,9 +392,7 @@ pub fn run(
             continue;
         }
         for (id, record) in mine {
-            store.remove_image(*id, record)?;
-            let ids: Vec<u64> = (0..record.proposals).map(|r| proposal_id(*id, r)).collect();
-            index.vectors().remove(&ids)?;
+            index.remove_image(*id, record)?;
             report.deleted += 1;
         }
     }
@@ -413,7 +405,7 @@ pub fn run(
     let tombstones = index.vectors().tombstones()?;
     if tombstones > 1000 && tombstones * 5 > index.vectors().len()? {
         progress.note("compacting the vector index (over 20% deleted)");
-        index.vectors().compact()?;
+        index.compact()?;
     }
     progress.note("saving the vector index");
     index.persist()?;
@@ -452,17 +444,6 @@ fn usable_root(given: &Path) -> std::result::Result<PathBuf, String> {
     } else {
         Err(format!("archive root is not a folder: {skipped}"))
     }
-}
-
-/// Marks the vectors of a replaced record as deleted.
-fn retire_vectors(index: &Index, previous: &Option<(u64, ImageRecord)>) -> Result<()> {
-    if let Some((old_id, old)) = previous {
-        let ids: Vec<u64> = (0..old.proposals)
-            .map(|r| proposal_id(*old_id, r))
-            .collect();
-        index.vectors().remove(&ids)?;
-    }
-    Ok(())
 }
 
 fn prepare(
@@ -639,9 +620,6 @@ fn write_all(
     report: &mut RunReport,
     progress: &dyn Progress,
 ) -> Result<()> {
-    let store = index.store();
-    let half = index.meta().half_precision;
-    let mut vectors: Vec<VectorEntry> = Vec::new();
     let mut last_checkpoint = Instant::now();
     let record_of = |item: &WorkItem,
                      hash: [u8; 32],
@@ -659,31 +637,18 @@ fn write_all(
         status,
         proposals,
     };
-    let retire = |previous: &Option<(u64, ImageRecord)>| retire_vectors(index, previous);
-    // A new record for `item` (replacing its previous one), its proposals, and their vectors queued.
-    let write_new = |vectors: &mut Vec<VectorEntry>,
-                     item: &WorkItem,
+    // A new record for `item` (replacing its previous one) with its proposals.
+    let write_new = |item: &WorkItem,
                      record: &ImageRecord,
-                     records: &[ProposalRecord]|
+                     proposals: &[(ProposalRecord, Vec<f32>)]|
      -> Result<u64> {
         let id = index.new_image_id()?;
-        let records: Vec<ProposalRecord> = records
-            .iter()
-            .map(|p| ProposalRecord {
-                image: id,
-                ..p.clone()
-            })
-            .collect();
-        store.put_image(
+        index.commit_image(
             id,
             record,
-            &records,
+            proposals,
             item.previous.as_ref().map(|(i, r)| (*i, r)),
         )?;
-        retire_vectors(index, &item.previous)?;
-        for (rank, r) in records.iter().enumerate() {
-            vectors.push(index.vector_entry(proposal_id(id, rank as u32), id, record, r)?);
-        }
         Ok(id)
     };
     let mut last_insert = Instant::now();
@@ -692,10 +657,8 @@ fn write_all(
             Ok(message) => message,
             Err(RecvTimeoutError::Timeout) => {
                 // Nothing arrives (a slow model or slow disks): make what was written searchable.
-                if !vectors.is_empty() {
-                    index.vectors().insert(&std::mem::take(&mut vectors))?;
-                    last_insert = Instant::now();
-                }
+                index.flush_vectors()?;
+                last_insert = Instant::now();
                 continue;
             }
             Err(RecvTimeoutError::Disconnected) => break,
@@ -708,14 +671,17 @@ fn write_all(
                 height,
                 proposals,
             } => {
-                let records: Vec<ProposalRecord> = proposals
-                    .iter()
-                    .map(|p| ProposalRecord {
-                        image: 0, // set by write_new
-                        bbox: p.bbox,
-                        objectness: p.objectness,
-                        level: p.level,
-                        vector: StoredVector::new(&p.vector, half),
+                let records: Vec<(ProposalRecord, Vec<f32>)> = proposals
+                    .into_iter()
+                    .map(|p| {
+                        let record = ProposalRecord {
+                            image: 0, // set by commit_image
+                            bbox: p.bbox,
+                            objectness: p.objectness,
+                            level: p.level,
+                            vector: StoredVector::InVectorIndex, // set by commit_image
+                        };
+                        (record, p.vector)
                     })
                     .collect();
                 let record = record_of(
@@ -726,7 +692,7 @@ fn write_all(
                     ImageStatus::Indexed,
                     records.len() as u32,
                 );
-                write_new(&mut vectors, &item, &record, &records)?;
+                write_new(&item, &record, &records)?;
                 report.indexed += 1;
                 report.proposals_added += records.len();
                 (item.file.path, records.len(), false)
@@ -743,23 +709,24 @@ fn write_all(
                 );
                 if let Some((prev_id, prev)) = &item.previous {
                     // The destination path held another file: drop that record first.
-                    store.remove_image(*prev_id, prev)?;
-                    retire(&item.previous)?;
+                    index.remove_image(*prev_id, prev)?;
                 }
-                store.move_image(id, &old, &record)?;
-                index.image_moved(id, &record)?;
+                index.move_image(id, &old, &record)?;
                 report.moved += 1;
                 (item.file.path, 0, false)
             }
             Written::Other(Prepared::Copied { item, hash, source }) => {
-                let src = store.image(source)?.ok_or_else(|| IndexError::Corrupt {
-                    what: format!("image {source}"),
-                    message: "vanished while copying".into(),
-                })?;
-                let records: Vec<ProposalRecord> = store
+                let src = index
+                    .store()
+                    .image(source)?
+                    .ok_or_else(|| IndexError::Corrupt {
+                        what: format!("image {source}"),
+                        message: "vanished while copying".into(),
+                    })?;
+                let records: Vec<(ProposalRecord, Vec<f32>)> = index
                     .proposals_of(source)?
                     .into_iter()
-                    .map(|(_, p)| p)
+                    .map(|(_, p, v)| (p, v))
                     .collect();
                 let record = record_of(
                     &item,
@@ -769,14 +736,14 @@ fn write_all(
                     ImageStatus::Indexed,
                     records.len() as u32,
                 );
-                write_new(&mut vectors, &item, &record, &records)?;
+                write_new(&item, &record, &records)?;
                 report.copied += 1;
                 report.proposals_added += records.len();
                 (item.file.path, records.len(), false)
             }
             Written::Other(Prepared::Failed { item, hash, reason }) => {
                 let record = record_of(&item, hash, 0, 0, ImageStatus::Failed(reason.clone()), 0);
-                write_new(&mut vectors, &item, &record, &[])?;
+                write_new(&item, &record, &[])?;
                 report.failed.push(Failure {
                     path: item.file.path.clone(),
                     reason,
@@ -785,8 +752,7 @@ fn write_all(
             }
             Written::Other(Prepared::Vanished { item }) => {
                 if let Some((id, old)) = &item.previous {
-                    store.remove_image(*id, old)?;
-                    retire(&item.previous)?;
+                    index.remove_image(*id, old)?;
                 }
                 report.vanished += 1;
                 (item.file.path, 0, false)
@@ -798,7 +764,7 @@ fn write_all(
                         mtime_ns: item.file.mtime_ns,
                         ..old.clone()
                     };
-                    store.update_image(*id, &record)?;
+                    index.update_image(*id, &record)?;
                 }
                 report.touched += 1;
                 (item.file.path, 0, false)
@@ -807,19 +773,16 @@ fn write_all(
             Written::Other(Prepared::Model { .. }) => unreachable!("model work is never forwarded"),
         };
         progress.file_done(&path, added, failed);
-        // Fresh vectors become searchable within about a second, in chunks of at most 2048.
-        if vectors.len() >= INSERT_CHUNK
-            || (!vectors.is_empty() && last_insert.elapsed() >= FRESH_VECTORS_EVERY)
-        {
-            index.vectors().insert(&std::mem::take(&mut vectors))?;
+        // Fresh vectors become searchable within about a second (engines that batch them get
+        // chunks of at most 2048 from `Index`).
+        if last_insert.elapsed() >= FRESH_VECTORS_EVERY {
+            index.flush_vectors()?;
             last_insert = Instant::now();
         }
         if last_checkpoint.elapsed() >= request.checkpoint_every {
-            index.vectors().insert(&std::mem::take(&mut vectors))?;
             index.persist()?;
             last_checkpoint = Instant::now();
         }
     }
-    index.vectors().insert(&vectors)?;
-    Ok(())
+    index.flush_vectors()
 }

@@ -110,7 +110,10 @@ pub fn dot_i8(a: &[i8], b: &[i8]) -> i32 {
 fn dot_i8_plain(a: &[i8], b: &[i8]) -> i32 {
     let mut acc = [0i32; 16];
     let chunks = a.len().min(b.len()) / 16 * 16;
-    for (ca, cb) in a[..chunks].chunks_exact(16).zip(b[..chunks].chunks_exact(16)) {
+    for (ca, cb) in a[..chunks]
+        .chunks_exact(16)
+        .zip(b[..chunks].chunks_exact(16))
+    {
         for i in 0..16 {
             acc[i] += i32::from(i16::from(ca[i]) * i16::from(cb[i]));
         }
@@ -213,7 +216,10 @@ mod tests {
     #[test]
     fn zero_and_non_finite_vectors_encode_to_zero_codes() {
         let codes = encode(&[0.0; 5]);
-        assert_eq!((codes.scale, codes.coarse, codes.fine), (0.0, vec![0; 5], vec![0; 5]));
+        assert_eq!(
+            (codes.scale, codes.coarse, codes.fine),
+            (0.0, vec![0; 5], vec![0; 5])
+        );
         let codes = encode(&[f32::NAN, 1.0, -0.5]);
         assert_eq!(codes.coarse, vec![0, 127, -64]);
         let codes = encode(&[f32::INFINITY, 1.0]);
@@ -226,11 +232,19 @@ mod tests {
         for n in [0usize, 1, 15, 16, 17, 768, 769] {
             let a = sample(&mut seed, n, 1.0);
             let b = sample(&mut seed, n, 1.0);
-            let want: f64 = a.iter().zip(&b).map(|(x, y)| f64::from(*x) * f64::from(*y)).sum();
+            let want: f64 = a
+                .iter()
+                .zip(&b)
+                .map(|(x, y)| f64::from(*x) * f64::from(*y))
+                .sum();
             assert!((f64::from(dot_f32(&a, &b)) - want).abs() < 1e-4);
             let (_, ca) = encode_coarse(&a);
             let (_, cb) = encode_coarse(&b);
-            let want: i32 = ca.iter().zip(&cb).map(|(x, y)| i32::from(*x) * i32::from(*y)).sum();
+            let want: i32 = ca
+                .iter()
+                .zip(&cb)
+                .map(|(x, y)| i32::from(*x) * i32::from(*y))
+                .sum();
             assert_eq!(dot_i8(&ca, &cb), want);
         }
         // Extremes do not overflow.

@@ -55,13 +55,16 @@ pub struct ImageRecord {
     pub proposals: u32,
 }
 
-/// A stored vector, full or half precision.
+/// A stored vector, full or half precision, or a note that the vector index holds it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum StoredVector {
     /// 32-bit floats.
     F32(Vec<f32>),
     /// IEEE half floats (bits), half the disk of `F32`.
     F16(Vec<u16>),
+    /// Kept by the vector index only (the quantised embedded engine); `Index` fills it in when
+    /// it reads the record.
+    InVectorIndex,
 }
 
 impl StoredVector {
@@ -78,14 +81,16 @@ impl StoredVector {
         }
     }
 
-    /// The vector as f32.
-    pub fn to_f32(&self) -> Vec<f32> {
+    /// The vector as f32; `None` when the record does not hold it ([`StoredVector::InVectorIndex`]).
+    pub fn to_f32(&self) -> Option<Vec<f32>> {
         match self {
-            StoredVector::F32(v) => v.clone(),
-            StoredVector::F16(v) => v
-                .iter()
-                .map(|b| half::f16::from_bits(*b).to_f32())
-                .collect(),
+            StoredVector::F32(v) => Some(v.clone()),
+            StoredVector::F16(v) => Some(
+                v.iter()
+                    .map(|b| half::f16::from_bits(*b).to_f32())
+                    .collect(),
+            ),
+            StoredVector::InVectorIndex => None,
         }
     }
 }
@@ -222,7 +227,7 @@ mod tests {
     #[test]
     fn half_precision_vectors_are_close() {
         let v = [0.1f32, -2.75, 13.0, 1e-3];
-        let back = StoredVector::new(&v, true).to_f32();
+        let back = StoredVector::new(&v, true).to_f32().unwrap();
         for (a, b) in v.iter().zip(&back) {
             assert!((a - b).abs() <= a.abs() * 1e-3 + 1e-6);
         }

@@ -196,8 +196,7 @@ fn from_index(
         let mut proposals = Vec::new();
         match found {
             Some((id, _)) => {
-                for (_, p) in index.store().proposals_of(id)? {
-                    let v = p.vector.to_f32();
+                for (_, p, v) in index.proposals_of(id)? {
                     let probs = queries.iter().map(|q| scoring.score(q, &v)).collect();
                     proposals.push(EvalProposal {
                         bbox: p.bbox,
