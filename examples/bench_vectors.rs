@@ -248,11 +248,19 @@ fn files_mode(args: &[String]) -> Result<(), Error> {
         ef_construction: ef_c,
     };
     // The embedded engine is kept by its own type, for its group count.
-    let (embedded, remote) = if engine == "spotter-hnsw" {
-        (Some(HnswVectors::open(&dir, base.cols, params)?), None)
-    } else {
-        (None, Some(open_remote(&engine, base.cols, params)?))
-    };
+    let (embedded, remote): (Option<HnswVectors>, Option<Box<dyn VectorIndex>>) =
+        match engine.as_str() {
+            "spotter-hnsw" => (Some(HnswVectors::open(&dir, base.cols, params)?), None),
+            "spotter-ivf" => (
+                None,
+                Some(Box::new(spotter_indexer::ivf::IvfVectors::open(
+                    &dir,
+                    base.cols,
+                    spotter_indexer::ivf::IvfParams::default(),
+                )?)),
+            ),
+            _ => (None, Some(open_remote(&engine, base.cols, params)?)),
+        };
     let index: &dyn VectorIndex = match (&embedded, &remote) {
         (Some(e), _) => e,
         (None, Some(r)) => r.as_ref(),
@@ -264,7 +272,7 @@ fn files_mode(args: &[String]) -> Result<(), Error> {
         chunk.clear();
         chunk.extend((start..(start + 2048).min(base.rows)).map(|i| {
             let mut entry = VectorEntry::bare(i as u64, base.row(i).to_vec());
-            if index.keeps_payload() {
+            if engine.starts_with("milvus://") {
                 entry.payload = Some(bench_payload(i));
             }
             entry

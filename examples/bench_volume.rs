@@ -19,6 +19,12 @@
 //!
 //! Prints a human-readable report on stderr and one JSON object on stdout.
 //!
+//! A second mode measures a whole index folder (what `scripts/bench_volume.sh` builds with
+//! `examples/make_fixture.rs` and serves): recall@100 and latency of its vector engine, the
+//! queries made as above from its own stored vectors, the truth an exact scan of them:
+//!
+//! cargo run --release --example bench_volume -- --index DIR [--queries 1000] [--truth 200]
+//!
 //! cargo run --release --example bench_volume -- SOURCE_INDEX N OUT_DIR [--engine ivf|hnsw]
 //!     [--queries 1000] [--truth 200] [--jitter 0.15] [--probes 8,16,24,32,48,64] [--one-bias]
 //!
@@ -127,8 +133,176 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
     sorted[((sorted.len() - 1) as f64 * p).round() as usize]
 }
 
+/// `[t ; 1]` with `t` at cosine ~0.6 of `base`'s embedding.
+fn query_near(rng: &mut Rng, base: &[f32]) -> Vec<f32> {
+    let d = base.len() - 1;
+    let bn = norm(&base[..d]).max(1e-12);
+    let noise: Vec<f32> = (0..d).map(|_| rng.next()).collect();
+    let nn = norm(&noise).max(1e-12);
+    let mut t: Vec<f32> = base[..d]
+        .iter()
+        .zip(&noise)
+        .map(|(b, z)| 0.6 * b / bn + 0.8 * z / nn)
+        .collect();
+    let tn = norm(&t).max(1e-12);
+    t.iter_mut().for_each(|x| *x /= tn);
+    t.push(1.0);
+    t
+}
+
+/// Keeps the 100 best of `logit` for one query.
+fn keep_best(heap: &mut BinaryHeap<Kept>, logit: f32, id: u64) {
+    if heap.len() < 100 {
+        heap.push(Kept(logit, id));
+    } else if heap.peek().is_some_and(|w| logit > w.0) {
+        heap.pop();
+        heap.push(Kept(logit, id));
+    }
+}
+
+fn sorted_truth(heaps: Vec<BinaryHeap<Kept>>) -> Vec<Vec<Neighbour>> {
+    heaps
+        .into_iter()
+        .map(|h| {
+            let mut v: Vec<Neighbour> = h
+                .into_vec()
+                .into_iter()
+                .map(|Kept(logit, id)| Neighbour { id, logit })
+                .collect();
+            v.sort_by(|a, b| b.logit.total_cmp(&a.logit));
+            v
+        })
+        .collect()
+}
+
+/// Recall of `found` against `want` (ids) and the largest logit difference of the shared ids.
+fn recall_of(found: &[Neighbour], want: &[Neighbour]) -> (usize, f32) {
+    let ids: std::collections::HashMap<u64, f32> = want.iter().map(|n| (n.id, n.logit)).collect();
+    let mut hit = 0;
+    let mut worst = 0f32;
+    for f in found {
+        if let Some(l) = ids.get(&f.id) {
+            hit += 1;
+            worst = worst.max((l - f.logit).abs());
+        }
+    }
+    (hit, worst)
+}
+
+/// `--index DIR`: the engine of a whole index folder against an exact scan of its vectors.
+fn index_mode(args: &[String]) -> Result<(), Error> {
+    let dir = PathBuf::from(args.first().ok_or("--index needs a folder")?);
+    let (mut n_queries, mut n_truth) = (1000usize, 200usize);
+    let mut it = args[1..].iter();
+    while let Some(a) = it.next() {
+        let mut value = || it.next().cloned().ok_or(format!("{a} needs a value"));
+        match a.as_str() {
+            "--queries" => n_queries = value()?.parse()?,
+            "--truth" => n_truth = value()?.parse()?,
+            other => return Err(format!("unknown argument {other}").into()),
+        }
+    }
+    let index = Index::open(&dir)?;
+    let images: Vec<u64> = index
+        .store()
+        .images()
+        .map(|r| r.map(|(id, _)| id))
+        .collect::<Result<_, _>>()?;
+    let total = index.vectors().len()?;
+    if total == 0 {
+        return Err(format!("{} holds no vectors", dir.display()).into());
+    }
+    // Pass 1: query bases spread over the index.
+    let stride = (total / n_queries).max(1);
+    let mut rng = Rng(0x9e37_79b9);
+    let mut queries = Vec::with_capacity(n_queries);
+    let mut seen = 0usize;
+    'bases: for &image in &images {
+        for (_, _, v) in index.proposals_of(image)? {
+            if seen.is_multiple_of(stride) {
+                queries.push(query_near(&mut rng, &v));
+                if queries.len() == n_queries {
+                    break 'bases;
+                }
+            }
+            seen += 1;
+        }
+    }
+    let n_truth = n_truth.min(queries.len());
+    // Pass 2: exact truth over every stored vector.
+    let started = Instant::now();
+    let mut heaps: Vec<BinaryHeap<Kept>> = (0..n_truth).map(|_| BinaryHeap::new()).collect();
+    let mut batch: Vec<(u64, Vec<f32>)> = Vec::with_capacity(8192);
+    let flush = |batch: &mut Vec<(u64, Vec<f32>)>, heaps: &mut [BinaryHeap<Kept>]| {
+        std::thread::scope(|scope| {
+            let per = heaps.len().div_ceil(2).max(1);
+            for (qs, hs) in queries[..n_truth].chunks(per).zip(heaps.chunks_mut(per)) {
+                let batch = &*batch;
+                scope.spawn(move || {
+                    for (q, heap) in qs.iter().zip(hs.iter_mut()) {
+                        for (id, v) in batch {
+                            keep_best(heap, v.iter().zip(q).map(|(a, b)| a * b).sum(), *id);
+                        }
+                    }
+                });
+            }
+        });
+        batch.clear();
+    };
+    for &image in &images {
+        for (id, _, v) in index.proposals_of(image)? {
+            batch.push((id, v));
+        }
+        if batch.len() >= 8192 {
+            flush(&mut batch, &mut heaps);
+        }
+    }
+    flush(&mut batch, &mut heaps);
+    let truth = sorted_truth(heaps);
+    let truth_seconds = started.elapsed().as_secs_f64();
+    let server_ef = 2 * 101;
+    let (mut hits, mut worst, mut latencies) = (0usize, 0f32, Vec::with_capacity(queries.len()));
+    for (i, q) in queries.iter().enumerate() {
+        let t = Instant::now();
+        let found = index.vectors().search(q, 100, server_ef)?;
+        latencies.push(t.elapsed().as_secs_f64() * 1e3);
+        if i < n_truth {
+            let (h, w) = recall_of(&found, &truth[i]);
+            hits += h;
+            worst = worst.max(w);
+        }
+    }
+    latencies.sort_by(f64::total_cmp);
+    let recall = hits as f64 / (100 * n_truth) as f64;
+    eprintln!(
+        "{}: {total} vectors; recall@100 {recall:.4} (max logit error {worst:.2e}) over {n_truth} queries (exact scan {truth_seconds:.0} s); search p50/p90/p99 {:.2}/{:.2}/{:.2} ms\n  {}",
+        dir.display(),
+        percentile(&latencies, 0.5),
+        percentile(&latencies, 0.9),
+        percentile(&latencies, 0.99),
+        index.vectors().describe()
+    );
+    println!(
+        "{}",
+        serde_json::json!({
+            "proposals": total,
+            "recall_at_100": recall,
+            "max_logit_error": worst,
+            "ann_p50_ms": percentile(&latencies, 0.5),
+            "ann_p90_ms": percentile(&latencies, 0.9),
+            "ann_p99_ms": percentile(&latencies, 0.99),
+            "queries": queries.len(),
+            "truth_queries": n_truth,
+        })
+    );
+    Ok(())
+}
+
 fn main() -> Result<(), Error> {
     let args: Vec<String> = std::env::args().collect();
+    if args.get(1).map(String::as_str) == Some("--index") {
+        return index_mode(&args[2..]);
+    }
     if args.len() < 4 {
         eprintln!("usage: bench_volume SOURCE_INDEX N OUT_DIR [--engine ivf|hnsw] [--queries 1000] [--truth 200] [--jitter 0.15] [--probes 8,16,...]");
         std::process::exit(2);
@@ -215,20 +389,7 @@ fn main() -> Result<(), Error> {
     let queries: Vec<Vec<f32>> = (0..n_queries)
         .map(|_| {
             let base = &sources[(rng.next().abs() * sources.len() as f32) as usize % sources.len()];
-            let bn = norm(&base[..d]).max(1e-12);
-            let mut noise: Vec<f32> = (0..d).map(|_| rng.next()).collect();
-            let nn = norm(&noise).max(1e-12);
-            // cos ≈ 0.6: 0.6·û + 0.8·(unit noise), then normalised.
-            let mut t: Vec<f32> = base[..d]
-                .iter()
-                .zip(&noise)
-                .map(|(b, z)| 0.6 * b / bn + 0.8 * z / nn)
-                .collect();
-            let tn = norm(&t);
-            t.iter_mut().for_each(|x| *x /= tn);
-            noise.clear();
-            t.push(1.0);
-            t
+            query_near(&mut rng, base)
         })
         .collect();
     let n_truth = n_truth.min(n_queries);
@@ -275,12 +436,7 @@ fn main() -> Result<(), Error> {
                     for (q, heap) in qs.iter().zip(heaps.iter_mut()) {
                         for e in batch {
                             let logit: f32 = e.vector.iter().zip(q).map(|(a, b)| a * b).sum();
-                            if heap.len() < 100 {
-                                heap.push(Kept(logit, e.id));
-                            } else if heap.peek().is_some_and(|w| logit > w.0) {
-                                heap.pop();
-                                heap.push(Kept(logit, e.id));
-                            }
+                            keep_best(heap, logit, e.id);
                         }
                     }
                 });
@@ -308,18 +464,7 @@ fn main() -> Result<(), Error> {
     let persist_seconds = t.elapsed().as_secs_f64();
     drop(engine);
     drop(sources);
-    let truth: Vec<Vec<Neighbour>> = truth
-        .into_iter()
-        .map(|h| {
-            let mut v: Vec<Neighbour> = h
-                .into_vec()
-                .into_iter()
-                .map(|Kept(logit, id)| Neighbour { id, logit })
-                .collect();
-            v.sort_by(|a, b| b.logit.total_cmp(&a.logit));
-            v
-        })
-        .collect();
+    let truth = sorted_truth(truth);
     // Hand freed memory back to the OS, so the reopened engine's RSS is its own.
     // SAFETY: malloc_trim only releases free heap pages.
     unsafe {
@@ -330,19 +475,6 @@ fn main() -> Result<(), Error> {
     let open_seconds = t.elapsed().as_secs_f64();
     let index = engine.index();
 
-    let recall_of = |found: &[Neighbour], want: &[Neighbour]| -> (usize, f32) {
-        let ids: std::collections::HashMap<u64, f32> =
-            want.iter().map(|n| (n.id, n.logit)).collect();
-        let mut hit = 0;
-        let mut worst = 0f32;
-        for f in found {
-            if let Some(l) = ids.get(&f.id) {
-                hit += 1;
-                worst = worst.max((l - f.logit).abs());
-            }
-        }
-        (hit, worst)
-    };
     // The breadth the query server asks for k = 100 (`SearchEngine::run`: 2·(k + 1)).
     let server_ef = 2 * 101;
     let mut latencies = Vec::with_capacity(queries.len());

@@ -7,24 +7,29 @@
 #   scripts/bench.sh --quick  smoke mode for CI-sized runs: tiny sizes, writes
 #                             target/bench-quick.md and leaves the docs alone
 #   scripts/bench.sh --only load,vectors
-#                             only the named parts (indexing, vectors, load, ann), in either mode
+#                             only the named parts (indexing, vectors, load, volume, ann), in
+#                             either mode
+#   scripts/bench.sh --only volume [--quick]
+#                             production volume (scripts/bench_volume.sh): 1M WeDetect-shaped
+#                             proposals, ~15 minutes (--quick: 100k, ~3 minutes); its last line
+#                             is the JSON summary
 # Numbers are measurements, never assertions: nothing here fails on a slow machine.
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
 QUICK=0
-ONLY=indexing,vectors,load,ann
+ONLY=indexing,vectors,load,volume,ann
 while [[ $# -gt 0 ]]; do
   case "$1" in
     --quick) QUICK=1 ;;
-    --only) ONLY="${2:?--only needs a list: indexing,vectors,load,ann}"; shift ;;
-    -h|--help) sed -n '2,11p' "$0"; exit 0 ;;
+    --only) ONLY="${2:?--only needs a list: indexing,vectors,load,volume,ann}"; shift ;;
+    -h|--help) sed -n '2,15p' "$0"; exit 0 ;;
     *) echo "unknown argument: $1 (see scripts/bench.sh --help)" >&2; exit 2 ;;
   esac
   shift
 done
 for part in ${ONLY//,/ }; do
-  [[ $part =~ ^(indexing|vectors|load|ann)$ ]] || { echo "unknown part: $part (indexing, vectors, load, ann)" >&2; exit 2; }
+  [[ $part =~ ^(indexing|vectors|load|volume|ann)$ ]] || { echo "unknown part: $part (indexing, vectors, load, volume, ann)" >&2; exit 2; }
 done
 wanted() { [[ ",$ONLY," == *",$1,"* ]]; }
 PY=.venv/bin/python
@@ -97,8 +102,14 @@ PYEOF
   "$PY" scripts/bench/update_doc.py "$DOC" load "$OUT/load.md"
 fi
 
+if wanted volume; then
+  N=1000000; [[ $QUICK == 1 ]] && N=100000
+  echo "==> production volume ($N proposals; scripts/bench_volume.sh)"
+  bash scripts/bench_volume.sh "$N" | tee "$OUT/volume.json"
+fi
+
 if [[ $QUICK == 0 ]] && wanted ann; then
   echo "==> ANN engine comparison (scripts/bench/ann_compare.py; report in .cache/bench/ann/report.md, which docs/ann-comparison.md quotes with commentary)"
   python3 scripts/bench/ann_compare.py
 fi
-echo "Tables written to $DOC"
+[[ $ONLY == volume ]] || echo "Tables written to $DOC"

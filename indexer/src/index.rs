@@ -11,7 +11,7 @@ use crate::ivf::{IvfParams, IvfVectors};
 use crate::records::{ImageRecord, IndexMeta, ProposalRecord, StoredVector};
 use crate::relpath::RelPath;
 use crate::store::Store;
-use crate::vectors::{HitPayload, HnswParams, HnswVectors, VectorEntry, VectorIndex};
+use crate::vectors::{HitPayload, HnswParams, HnswVectors, PayloadStore, VectorEntry, VectorIndex};
 
 /// The embedded vector engine of an index folder.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -177,6 +177,8 @@ pub struct Index {
     vectors: std::sync::Arc<dyn VectorIndex>,
     /// The quantised engine, when it is the one (it alone holds the vectors).
     quantised: Option<std::sync::Arc<IvfVectors>>,
+    /// The payload side of an engine shared between machines (Milvus).
+    payloads: Option<std::sync::Arc<dyn PayloadStore>>,
     meta: IndexMeta,
     backend: BackendConfig,
     /// Vectors written to the store but not yet to a batching engine.
@@ -433,6 +435,7 @@ impl Index {
         backend: BackendConfig,
     ) -> Result<Self> {
         let mut quantised = None;
+        let mut payloads: Option<std::sync::Arc<dyn PayloadStore>> = None;
         let vectors: std::sync::Arc<dyn VectorIndex> = match &backend.vectors {
             VectorBackend::Embedded => match Self::stored_engine(&store)? {
                 EmbeddedEngine::Hnsw => {
@@ -456,19 +459,24 @@ impl Index {
                     engine
                 }
             },
-            VectorBackend::Milvus(config) => open_milvus(config, &meta, backend.shard)?.into(),
+            VectorBackend::Milvus(config) => {
+                let (engine, payload_side) = open_milvus(config, &meta, backend.shard)?;
+                payloads = Some(payload_side);
+                engine
+            }
         };
         let index = Index {
             dir: dir.to_path_buf(),
             store,
             vectors,
             quantised,
+            payloads,
             meta,
             backend,
             pending: std::sync::Mutex::new(Vec::new()),
         };
         // A folder that only searches a shared collection owns none of its vectors.
-        if !index.vectors.keeps_payload() || index.backend.shard.is_some() {
+        if index.payloads.is_none() || index.backend.shard.is_some() {
             index.reconcile()?;
         }
         Ok(index)
@@ -680,7 +688,7 @@ impl Index {
         proposal: &ProposalRecord,
         vector: Vec<f32>,
     ) -> Result<VectorEntry> {
-        let payload = if self.vectors.keeps_payload() {
+        let payload = if self.payloads.is_some() {
             Some(HitPayload {
                 image: image_id,
                 root: self.root_path(image.root)?.display().to_string(),
@@ -703,14 +711,14 @@ impl Index {
 
     /// Tells an engine that keeps payloads that image `id` now lives at `record`'s path.
     fn image_moved(&self, id: u64, record: &ImageRecord) -> Result<()> {
-        if !self.vectors.keeps_payload() {
+        let Some(payloads) = &self.payloads else {
             return Ok(());
-        }
+        };
         let mut entries = Vec::new();
         for (pid, p, v) in self.proposals_of(id)? {
             entries.push(self.vector_entry(pid, id, record, &p, v)?);
         }
-        self.vectors.update_payloads(&entries)
+        payloads.update_payloads(&entries)
     }
 
     /// The proposals of image `id` with their stored vectors, in rank order.
@@ -774,9 +782,9 @@ impl Index {
     /// from the payloads of a shared engine (which also holds other machines' proposals).
     pub fn hit_records(&self, ids: &[u64]) -> Result<Vec<HitRecord>> {
         let mut out = Vec::with_capacity(ids.len());
-        if self.vectors.keeps_payload() {
+        if let Some(payloads) = &self.payloads {
             let mut roots: HashMap<String, u32> = HashMap::new();
-            for hit in self.vectors.fetch(ids)? {
+            for hit in payloads.fetch(ids)? {
                 let root = match roots.get(&hit.payload.root) {
                     Some(r) => *r,
                     None => {
@@ -871,7 +879,10 @@ impl Index {
                 hash: Some(record.hash),
             }));
         }
-        let Some(payload) = self.vectors.image_payload(id)? else {
+        let Some(payloads) = &self.payloads else {
+            return Ok(None);
+        };
+        let Some(payload) = payloads.image_payload(id)? else {
             return Ok(None);
         };
         let root_path = PathBuf::from(&payload.root);
@@ -999,21 +1010,28 @@ fn dir_size(dir: &Path) -> u64 {
         .sum()
 }
 
+/// A Milvus engine: its vector side and its payload side (one collection).
+type SharedEngine = (
+    std::sync::Arc<dyn VectorIndex>,
+    std::sync::Arc<dyn PayloadStore>,
+);
+
 #[cfg(feature = "milvus")]
 fn open_milvus(
     config: &crate::backend::MilvusConfig,
     meta: &IndexMeta,
     shard: Option<Shard>,
-) -> Result<Box<dyn VectorIndex>> {
+) -> Result<SharedEngine> {
     let identity = crate::milvus::CollectionIdentity {
         model: meta.model.clone(),
         manifest_hash: meta.manifest_hash.clone(),
         dim: meta.vector_dim,
     };
     let scope = shard.unwrap_or(Shard::WHOLE).proposal_ids();
-    Ok(Box::new(crate::milvus::MilvusVectors::open(
+    let engine = std::sync::Arc::new(crate::milvus::MilvusVectors::open(
         config, &identity, scope,
-    )?))
+    )?);
+    Ok((engine.clone(), engine))
 }
 
 #[cfg(not(feature = "milvus"))]
@@ -1021,7 +1039,7 @@ fn open_milvus(
     config: &crate::backend::MilvusConfig,
     _meta: &IndexMeta,
     _shard: Option<Shard>,
-) -> Result<Box<dyn VectorIndex>> {
+) -> Result<SharedEngine> {
     Err(IndexError::Invalid(format!(
         "this build of Spotter has no Milvus support (collection '{}'): rebuild with `cargo build --release --features milvus`",
         config.collection

@@ -34,7 +34,9 @@ use milvus::value::{Value, ValueVec};
 
 use crate::backend::{Consistency, MilvusConfig, MilvusIndex};
 use crate::error::{IndexError, Result};
-use crate::vectors::{band_of, HitPayload, Neighbour, RemoteHit, VectorEntry, VectorIndex};
+use crate::vectors::{
+    band_of, HitPayload, Neighbour, PayloadStore, RemoteHit, VectorEntry, VectorIndex,
+};
 
 /// Milvus's largest `topk` / `limit` (and `offset + limit` for queries).
 pub const MAX_TOPK: usize = 16384;
@@ -239,6 +241,10 @@ impl MilvusVectors {
             ),
             MilvusIndex::IvfFlat { nlist } => (
                 IndexType::IvfFlat,
+                vec![("nlist".to_string(), nlist.to_string())],
+            ),
+            MilvusIndex::IvfSq8 { nlist } => (
+                IndexType::IvfSQ8,
                 vec![("nlist".to_string(), nlist.to_string())],
             ),
             MilvusIndex::Flat => (IndexType::Flat, Vec::new()),
@@ -493,7 +499,7 @@ impl VectorIndex for MilvusVectors {
         }
         let params = match self.config.index {
             MilvusIndex::Hnsw { .. } => format!("{{\"ef\": {}}}", ef.max(k).min(MAX_EF)),
-            MilvusIndex::IvfFlat { nlist } => {
+            MilvusIndex::IvfFlat { nlist } | MilvusIndex::IvfSq8 { nlist } => {
                 format!("{{\"nprobe\": {}}}", (ef / 4).clamp(8, nlist))
             }
             MilvusIndex::Flat => "{}".to_string(),
@@ -571,49 +577,13 @@ impl VectorIndex for MilvusVectors {
                 format!("HNSW M={m} efConstruction={ef_construction}")
             }
             MilvusIndex::IvfFlat { nlist } => format!("IVF_FLAT nlist={nlist}"),
+            MilvusIndex::IvfSq8 { nlist } => format!("IVF_SQ8 nlist={nlist}"),
             MilvusIndex::Flat => "FLAT".to_string(),
         };
         format!(
             "Milvus collection '{}' at {}:{} ({index}, inner product, {:?} consistency)",
             self.config.collection, self.config.host, self.config.port, self.config.consistency
         )
-    }
-
-    fn keeps_payload(&self) -> bool {
-        true
-    }
-
-    fn update_payloads(&self, items: &[VectorEntry]) -> Result<()> {
-        self.upsert(items)
-    }
-
-    fn fetch(&self, ids: &[u64]) -> Result<Vec<RemoteHit>> {
-        let mut out = Vec::with_capacity(ids.len());
-        for chunk in ids.chunks(BATCH) {
-            let list: Vec<String> = chunk.iter().map(|i| i.to_string()).collect();
-            let expr = format!("id in [{}]", list.join(","));
-            let columns = self.query(&expr, &["id", "vector", "hit"], chunk.len(), self.level())?;
-            let found = longs(&columns, "id")?;
-            let hits = strings(&columns, "hit")?;
-            let ValueVec::Float(vectors) = &column(&columns, "vector")?.value else {
-                return Err(IndexError::Vectors(
-                    "Milvus field vector: expected floats".into(),
-                ));
-            };
-            if hits.len() != found.len() || vectors.len() != found.len() * self.dim {
-                return Err(IndexError::Vectors(
-                    "Milvus answered columns of different lengths".into(),
-                ));
-            }
-            for (row, id) in found.iter().enumerate() {
-                out.push(RemoteHit {
-                    id: *id as u64,
-                    vector: vectors[row * self.dim..(row + 1) * self.dim].to_vec(),
-                    payload: parse_payload(&hits[row])?,
-                });
-            }
-        }
-        Ok(out)
     }
 
     fn wait_until_indexed(&self, timeout: Duration) -> Result<()> {
@@ -655,6 +625,41 @@ impl VectorIndex for MilvusVectors {
             }
             std::thread::sleep(Duration::from_secs(1));
         }
+    }
+}
+
+impl PayloadStore for MilvusVectors {
+    fn update_payloads(&self, items: &[VectorEntry]) -> Result<()> {
+        self.upsert(items)
+    }
+
+    fn fetch(&self, ids: &[u64]) -> Result<Vec<RemoteHit>> {
+        let mut out = Vec::with_capacity(ids.len());
+        for chunk in ids.chunks(BATCH) {
+            let list: Vec<String> = chunk.iter().map(|i| i.to_string()).collect();
+            let expr = format!("id in [{}]", list.join(","));
+            let columns = self.query(&expr, &["id", "vector", "hit"], chunk.len(), self.level())?;
+            let found = longs(&columns, "id")?;
+            let hits = strings(&columns, "hit")?;
+            let ValueVec::Float(vectors) = &column(&columns, "vector")?.value else {
+                return Err(IndexError::Vectors(
+                    "Milvus field vector: expected floats".into(),
+                ));
+            };
+            if hits.len() != found.len() || vectors.len() != found.len() * self.dim {
+                return Err(IndexError::Vectors(
+                    "Milvus answered columns of different lengths".into(),
+                ));
+            }
+            for (row, id) in found.iter().enumerate() {
+                out.push(RemoteHit {
+                    id: *id as u64,
+                    vector: vectors[row * self.dim..(row + 1) * self.dim].to_vec(),
+                    payload: parse_payload(&hits[row])?,
+                });
+            }
+        }
+        Ok(out)
     }
 
     fn image_payload(&self, image: u64) -> Result<Option<HitPayload>> {

@@ -61,7 +61,7 @@ pub struct VectorEntry {
     pub id: u64,
     /// The stored vector (`[scale_l · e ; bias_l]`).
     pub vector: Vec<f32>,
-    /// The hit's payload, for engines whose [`VectorIndex::keeps_payload`] is true.
+    /// The hit's payload, for engines that keep one (see [`PayloadStore`]).
     pub payload: Option<HitPayload>,
 }
 
@@ -115,27 +115,24 @@ pub trait VectorIndex: Send + Sync {
     }
     /// Human-readable description of the engine and its parameters.
     fn describe(&self) -> String;
-    /// True for engines shared between machines, which keep a [`HitPayload`] per vector.
-    fn keeps_payload(&self) -> bool {
-        false
-    }
-    /// Replaces the payloads of stored ids (a moved file); engines without payloads ignore it.
-    fn update_payloads(&self, _items: &[VectorEntry]) -> Result<()> {
-        Ok(())
-    }
     /// Waits until background index builds are done (engines that build them after a
     /// `persist`); searches before that are correct but may be slow.
     fn wait_until_indexed(&self, _timeout: std::time::Duration) -> Result<()> {
         Ok(())
     }
-    /// Vectors and payloads of `ids` (those found), from engines that keep payloads.
-    fn fetch(&self, _ids: &[u64]) -> Result<Vec<RemoteHit>> {
-        Ok(Vec::new())
-    }
-    /// The payload of any one proposal of `image`, from engines that keep payloads.
-    fn image_payload(&self, _image: u64) -> Result<Option<HitPayload>> {
-        Ok(None)
-    }
+}
+
+/// What engines shared between machines keep beside each vector: a [`HitPayload`], so that any
+/// machine can show a hit without the indexing machine's database. Separate from
+/// [`VectorIndex`], which every engine implements; `Index` holds an engine's payload side when
+/// it has one.
+pub trait PayloadStore: Send + Sync {
+    /// Replaces the payloads of stored ids (a moved file).
+    fn update_payloads(&self, items: &[VectorEntry]) -> Result<()>;
+    /// Vectors and payloads of `ids` (those found).
+    fn fetch(&self, ids: &[u64]) -> Result<Vec<RemoteHit>>;
+    /// The payload of any one proposal of `image`.
+    fn image_payload(&self, image: u64) -> Result<Option<HitPayload>>;
 }
 
 /// L2 distance between unit directions, ignoring the last component (which holds the norm).

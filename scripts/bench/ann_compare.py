@@ -7,9 +7,13 @@ scale and bias of its scoring level). This script generates such vectors, comput
 top-100 by inner product, and measures on each engine: build time, memory, recall@10/@100 and
 single-thread queries/s at several search breadths.
 
-Engines: exact scan (FAISS IndexFlatIP), Spotter's embedded HNSW (examples/bench_vectors.rs,
-hnsw_rs graphs per level and norm band + exact re-ranking), hnswlib (space='ip'), FAISS
-IndexHNSWFlat (METRIC_INNER_PRODUCT) and FAISS IndexIVFFlat (inner product, nlist ~ sqrt(N)),
+Engines: exact scan (FAISS IndexFlatIP), Spotter's embedded HNSW (`spotter`:
+examples/bench_vectors.rs, hnsw_rs graphs per level and norm band + exact re-ranking), Spotter's
+quantised engine (`spotter-ivf`: per level and norm band, inverted lists of int8 codes under hnsw_rs
+centroid graphs, re-ranked from fine codes; the default for new indexes), hnswlib (space='ip'),
+FAISS IndexHNSWFlat (METRIC_INNER_PRODUCT), FAISS IndexIVFFlat (inner product, nlist ~ sqrt(N)),
+and FAISS's quantised indexes on the same lists: IndexIVFScalarQuantizer (8-bit, `faiss-ivf-sq8`),
+IndexIVFPQ (D/8 sub-quantisers of 8 bits, `faiss-ivf-pq`) and IndexHNSWSQ (8-bit, `faiss-hnsw-sq`),
 and (only when asked: --engines ...,milvus) Spotter's Milvus engine: a collection on the Milvus
 server at $SPOTTER_BENCH_MILVUS (default 127.0.0.1:19530; `scripts/milvus.sh start`) with HNSW
 on inner product, measured through the same example (build it with --features milvus); its
@@ -49,7 +53,8 @@ REQUIREMENTS = ROOT / "scripts" / "bench" / "ann_requirements.txt"
 OUT = ROOT / ".cache" / "bench" / "ann"
 SPOTTER_BIN = ROOT / "target" / "release" / "examples" / "bench_vectors"
 ALL_DATASETS = ["starter", "wedetect", "random", "clustered"]
-ALL_ENGINES = ["exact", "spotter", "hnswlib", "faiss-hnsw", "faiss-ivf"]
+ALL_ENGINES = ["exact", "spotter", "spotter-ivf", "hnswlib", "faiss-hnsw", "faiss-ivf",
+               "faiss-ivf-sq8", "faiss-ivf-pq", "faiss-hnsw-sq"]
 # Reported when present; run only when named in --engines (needs a Milvus server).
 REPORTED_ENGINES = ALL_ENGINES + ["milvus"]
 
@@ -259,14 +264,16 @@ def run_exact(base, queries, gt, args):
     }
 
 
-def run_spotter(files, args):
+def run_spotter(files, args, engine="spotter-hnsw"):
     if not SPOTTER_BIN.exists():
         raise RuntimeError(f"{SPOTTER_BIN} missing: cargo build --release --example bench_vectors")
+    # The quantised engine's breadth: lists per part = max(24, ef / 8), so ef up to 8192.
+    efs = args.ef if engine == "spotter-hnsw" else [202, 512, 1024, 2048, 4096, 8192]
     cmd = [
         str(SPOTTER_BIN), "--vectors", str(files["base"]), "--queries", str(files["queries"]),
         "--ground-truth", str(files["gt"]), "--m", str(args.m), "--ef-construction", str(args.ef_construction),
-        "--ef", ",".join(map(str, args.ef)), "--k", ",".join(map(str, args.k)),
-        "--max-seconds", str(args.max_seconds), "--json",
+        "--ef", ",".join(map(str, efs)), "--k", ",".join(map(str, args.k)),
+        "--max-seconds", str(args.max_seconds), "--json", "--engine", engine,
     ]
     log("  " + " ".join(cmd))
     proc = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=None, text=True, check=True)
@@ -382,6 +389,47 @@ def run_faiss_ivf(base, queries, gt, args):
     return {"build_s": build, "rss_delta_mib": delta, "index_mib": size, "nlist": nlist, "results": results}
 
 
+def run_faiss_quantised(base, queries, gt, args, kind):
+    """FAISS's quantised indexes: IVF-SQ8, IVF-PQ (D/8 bytes per vector) or HNSW-SQ8, inner product."""
+    import faiss
+    import numpy as np
+
+    n, dim = base.shape
+    nlist = max(16, int(round(np.sqrt(n))))
+    faiss.omp_set_num_threads(args.threads)
+    r0 = rss_mib()
+    t = time.time()
+    if kind == "hnsw-sq":
+        index = faiss.IndexHNSWSQ(dim, faiss.ScalarQuantizer.QT_8bit, args.m, faiss.METRIC_INNER_PRODUCT)
+        index.hnsw.efConstruction = args.ef_construction
+        index.train(base[np.random.default_rng(0).choice(n, min(n, 100_000), replace=False)])
+    else:
+        quantizer = faiss.IndexFlatIP(dim)
+        if kind == "ivf-sq8":
+            index = faiss.IndexIVFScalarQuantizer(quantizer, dim, nlist, faiss.ScalarQuantizer.QT_8bit,
+                                                  faiss.METRIC_INNER_PRODUCT)
+        else:
+            m = next(m for m in (dim // 8, 96, 64, 48, 32, 16, 8, 4, 2, 1) if dim % m == 0)
+            index = faiss.IndexIVFPQ(quantizer, dim, nlist, m, 8, faiss.METRIC_INNER_PRODUCT)
+        index.train(base[np.random.default_rng(0).choice(n, min(n, 64 * nlist), replace=False)])
+    index.add(base)
+    build = time.time() - t
+    delta = rss_mib() - r0
+    size = faiss.serialize_index(index).nbytes / 2**20
+    faiss.omp_set_num_threads(1)
+    results = []
+    if kind == "hnsw-sq":
+        for ef in args.ef:
+            index.hnsw.efSearch = ef
+            results += faiss_sweep(index, queries, gt, args.k, "ef", ef)
+    else:
+        for nprobe in args.nprobe:
+            if nprobe <= nlist:
+                index.nprobe = nprobe
+                results += faiss_sweep(index, queries, gt, args.k, "nprobe", nprobe)
+    return {"build_s": build, "rss_delta_mib": delta, "index_mib": size, "nlist": nlist, "results": results}
+
+
 def estimated_build_s(engine: str, name: str, n: int) -> float | None:
     """Build time at n extrapolated (n log n) from the largest smaller run of the same dataset."""
     import math
@@ -450,12 +498,16 @@ def run_dataset(name: str, n: int, args) -> None:
                 res = run_exact(base, queries, gt, args)
             elif engine == "spotter":
                 res = run_spotter(files, args)
+            elif engine == "spotter-ivf":
+                res = run_spotter(files, args, "spotter-ivf")
             elif engine == "hnswlib":
                 res = run_hnswlib(base, queries, gt, args)
             elif engine == "faiss-hnsw":
                 res = run_faiss_hnsw(base, queries, gt, args)
             elif engine == "faiss-ivf":
                 res = run_faiss_ivf(base, queries, gt, args)
+            elif engine in ("faiss-ivf-sq8", "faiss-ivf-pq", "faiss-hnsw-sq"):
+                res = run_faiss_quantised(base, queries, gt, args, engine.removeprefix("faiss-"))
             elif engine == "milvus":
                 res = run_milvus(files, name, n, args)
             else:
@@ -512,9 +564,10 @@ def report() -> str:
             note = ""
             if name == "exact":
                 note = f"{e['qps_one_at_a_time']:.1f} q/s one at a time, {e['qps_batched']:.1f} q/s batched (1 thread)"
-            if name == "spotter":
-                note = f"{e['groups']} group(s); peak RSS {e['peak_rss_mib']:.0f} MiB incl. {e['input_mib']:.0f} MiB input"
-            if name == "faiss-ivf":
+            if name in ("spotter", "spotter-ivf"):
+                note = f"{e['groups']} group(s); " if name == "spotter" else ""
+                note += f"peak RSS {e['peak_rss_mib']:.0f} MiB incl. {e['input_mib']:.0f} MiB input"
+            if name.startswith("faiss-ivf"):
                 note = f"nlist={e['nlist']}"
             if name == "milvus":
                 note = (f"upserts + flush {e['insert_s']:.1f} s ({data['n'] / e['insert_s']:.0f} vectors/s), then the "
