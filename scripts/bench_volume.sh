@@ -50,7 +50,8 @@ DISK=$(du -sb "$FIX" | cut -f1)
 # Resident set of `spotter serve` on $1 after 1000 distinct queries, in bytes.
 serve_rss() {
   local idx=$1 port=$(( 20000 + RANDOM % 20000 )) pid rss
-  "$S" serve --index "$idx" --model "$MODEL" --addr "127.0.0.1:$port" --device cpu >/dev/null 2>&1 &
+  # One malloc arena per thread count would make the resident set depend on scheduling.
+  MALLOC_ARENA_MAX=2 "$S" serve --index "$idx" --model "$MODEL" --addr "127.0.0.1:$port" --device cpu >/dev/null 2>&1 &
   pid=$!
   for _ in $(seq 1 600); do curl -sf "127.0.0.1:$port/api/health" >/dev/null 2>&1 && break; sleep 0.5; done
   "$PY" - "$port" <<'PYEOF' >&2
@@ -63,7 +64,7 @@ for i in range(1000):
     with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/search?q={q}&k=100&threshold=0", timeout=120) as r:
         r.read()
 PYEOF
-  rss=$(awk '/^VmRSS:/ {print $2 * 1024}' "/proc/$pid/status")
+  rss=$(awk '/^VmRSS:/ {printf "%.0f", $2 * 1024}' "/proc/$pid/status")
   kill "$pid"; wait "$pid" 2>/dev/null || true
   echo "$rss"
 }

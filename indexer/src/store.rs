@@ -21,6 +21,10 @@ use crate::relpath::RelPath;
 /// Store format version, in `meta`; bump when tree layout changes.
 pub const STORE_VERSION: u32 = 1;
 
+/// sled's page cache (its default is 1 GiB): records are small and read a page at a time, so a
+/// small cache keeps a served index's memory near its vector engine's.
+const SLED_CACHE_BYTES: u64 = 64 << 20;
+
 /// An open index database.
 pub struct Store {
     path: PathBuf,
@@ -71,6 +75,7 @@ impl Store {
         let path = dir.join("db");
         let db = sled::Config::new()
             .path(&path)
+            .cache_capacity(SLED_CACHE_BYTES)
             .flush_every_ms(Some(500))
             .open()
             .map_err(|e| match e {
