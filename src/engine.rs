@@ -313,9 +313,14 @@ impl SearchEngine {
             .index
             .proposal_vector(proposal)?
             .ok_or_else(|| SpotterError::NotFound(format!("no proposal {proposal}")))?;
-        let d = v.len() - 1;
-        let norm = v[..d].iter().map(|x| x * x).sum::<f32>().sqrt().max(1e-12);
-        let t: Vec<f32> = v[..d].iter().map(|x| x / norm).collect();
+        let stored = spotter_model::StoredVectorRef::new(&v).ok_or_else(|| {
+            SpotterError::from(spotter_indexer::IndexError::Corrupt {
+                what: format!("proposal {proposal}"),
+                message: "its stored vector holds no embedding".into(),
+            })
+        })?;
+        let norm = stored.norm().max(1e-12);
+        let t: Vec<f32> = stored.embedding().iter().map(|x| x / norm).collect();
         let q = Arc::new(self.scoring.query_vector(&t));
         self.run(
             &[(format!("like #{proposal}"), 1.0, q)],

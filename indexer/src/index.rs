@@ -259,6 +259,19 @@ impl Index {
     /// Creates an empty index in `dir` for the same model (and roots) as `like`, with the
     /// embedded `engine`: for fixtures and benchmarks that copy an index's proposals.
     pub fn create_like(dir: &Path, like: &Index, engine: EmbeddedEngine) -> Result<Self> {
+        let roots: Vec<PathBuf> = like.store.roots()?.into_iter().map(|(_, p)| p).collect();
+        Self::create(dir, &like.meta, &roots, engine)
+    }
+
+    /// Creates an empty index in `dir` with `meta` (model, vector length) and archive `roots`,
+    /// without a model package: for tools that write proposals they did not compute (fixtures)
+    /// and for tests.
+    pub fn create(
+        dir: &Path,
+        meta: &IndexMeta,
+        roots: &[PathBuf],
+        engine: EmbeddedEngine,
+    ) -> Result<Self> {
         if dir.join("db").exists() {
             return Err(IndexError::Invalid(format!(
                 "{} already holds an index",
@@ -270,9 +283,9 @@ impl Index {
             source,
         })?;
         let store = Store::open(dir)?;
-        store.set_meta(&like.meta)?;
-        for (_, root) in like.store.roots()? {
-            store.root_id(&root)?;
+        store.set_meta(meta)?;
+        for root in roots {
+            store.root_id(root)?;
         }
         let settings = IndexSettings {
             embedded_engine: Some(engine),
@@ -280,7 +293,7 @@ impl Index {
         };
         let backend = Self::settle_backend(dir, &store, &settings)?;
         Self::settle_engine(dir, &store, &settings)?;
-        Self::finish_open(dir, store, like.meta.clone(), backend)
+        Self::finish_open(dir, store, meta.clone(), backend)
     }
 
     /// Records the embedded engine of a new index; refuses another one for an existing index.
@@ -1044,4 +1057,203 @@ fn open_milvus(
         "this build of Spotter has no Milvus support (collection '{}'): rebuild with `cargo build --release --features milvus`",
         config.collection
     )))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::records::{proposal_id, ImageStatus};
+
+    const D: usize = 16;
+
+    fn meta() -> IndexMeta {
+        IndexMeta {
+            model: "test".into(),
+            manifest_hash: "0".repeat(64),
+            vector_dim: D + 1,
+            half_precision: false,
+            hnsw_m: 16,
+            hnsw_ef_construction: 100,
+        }
+    }
+
+    fn temp(name: &str) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!("spotter-index-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        dir
+    }
+
+    fn record(path: &str, proposals: u32) -> ImageRecord {
+        ImageRecord {
+            root: 0,
+            rel_path: RelPath::from_relative(Path::new(path)),
+            size: 1,
+            mtime_ns: 0,
+            hash: [path.len() as u8; 32],
+            width: 100,
+            height: 100,
+            status: ImageStatus::Indexed,
+            proposals,
+        }
+    }
+
+    /// `n` proposals with distinct vectors (seeded by `seed`).
+    fn proposals(n: usize, seed: u64) -> Vec<(ProposalRecord, Vec<f32>)> {
+        (0..n)
+            .map(|i| {
+                let mut v: Vec<f32> = (0..D)
+                    .map(|j| (((seed * 31 + i as u64 * 7 + j as u64 * 13) % 17) as f32 - 8.0) / 8.0)
+                    .collect();
+                v.push(-2.0);
+                let p = ProposalRecord {
+                    image: 0,
+                    bbox: [0.0, 0.0, 10.0, 10.0],
+                    objectness: 0.5,
+                    level: 0,
+                    vector: StoredVector::InVectorIndex,
+                };
+                (p, v)
+            })
+            .collect()
+    }
+
+    fn close(a: &[f32], b: &[f32]) -> bool {
+        a.len() == b.len() && a.iter().zip(b).all(|(x, y)| (x - y).abs() < 1e-4)
+    }
+
+    #[test]
+    fn every_engine_keeps_store_and_vectors_in_step_through_commit_replace_move_and_remove() {
+        for engine in [EmbeddedEngine::Quantised, EmbeddedEngine::Hnsw] {
+            let dir = temp(engine.name());
+            let roots = [PathBuf::from("/archive")];
+            let index = Index::create(&dir, &meta(), &roots, engine).unwrap();
+            let (a, b) = (proposals(3, 1), proposals(2, 2));
+            let ra = record("a.jpg", 3);
+            index.commit_image(1, &ra, &a, None).unwrap();
+            index
+                .commit_image(2, &record("b.jpg", 2), &b, None)
+                .unwrap();
+            index.flush_vectors().unwrap();
+            assert_eq!(index.vectors().len().unwrap(), 5);
+            // Readers get the vectors back whichever engine holds them.
+            let got = index.proposals_of(1).unwrap();
+            assert_eq!(got.len(), 3);
+            for ((id, p, v), (want_p, want_v)) in got.iter().zip(&a) {
+                assert_eq!((p.bbox, p.image), (want_p.bbox, 1));
+                assert!(close(v, want_v), "{engine:?} {id}");
+            }
+            let stored_in_sled = matches!(
+                index
+                    .store()
+                    .proposal(proposal_id(1, 0))
+                    .unwrap()
+                    .unwrap()
+                    .vector,
+                StoredVector::F32(_)
+            );
+            assert_eq!(stored_in_sled, engine == EmbeddedEngine::Hnsw);
+            let hits = index.hit_records(&[proposal_id(2, 1), 999]).unwrap();
+            assert_eq!(hits.len(), 1);
+            assert!(close(&hits[0].vector, &b[1].1));
+
+            // A new version of a.jpg replaces the old one: old vectors retired.
+            let a2 = proposals(1, 3);
+            index
+                .commit_image(3, &record("a.jpg", 1), &a2, Some((1, &ra)))
+                .unwrap();
+            index.flush_vectors().unwrap();
+            assert_eq!(index.vectors().len().unwrap(), 3);
+            let search = index.vectors().search(&a[0].1, 10, 64).unwrap();
+            assert!(search.iter().all(|n| n.id >> 16 != 1), "{search:?}");
+            // Moves keep the proposals; removals drop both sides.
+            let moved = record("c/b.jpg", 2);
+            index.move_image(2, &record("b.jpg", 2), &moved).unwrap();
+            assert_eq!(
+                index.image_info(2).unwrap().unwrap().rel_path,
+                moved.rel_path
+            );
+            index.remove_image(3, &record("a.jpg", 1)).unwrap();
+            assert_eq!(index.vectors().len().unwrap(), 2);
+            assert_eq!(index.store().counts(), (1, 2));
+            index.persist().unwrap();
+            drop(index);
+            let index = Index::open(&dir).unwrap();
+            assert_eq!(index.vectors().len().unwrap(), 2);
+            assert_eq!(index.proposals_of(2).unwrap().len(), 2);
+            let _ = std::fs::remove_dir_all(&dir);
+        }
+    }
+
+    #[test]
+    fn lost_vector_files_drop_their_images_for_re_indexing_and_orphans_are_removed() {
+        let dir = temp("lost");
+        let index = Index::create(
+            &dir,
+            &meta(),
+            &[PathBuf::from("/archive")],
+            EmbeddedEngine::Quantised,
+        )
+        .unwrap();
+        index
+            .commit_image(1, &record("a.jpg", 2), &proposals(2, 1), None)
+            .unwrap();
+        index
+            .commit_image(2, &record("b.jpg", 2), &proposals(2, 2), None)
+            .unwrap();
+        index.persist().unwrap();
+        drop(index);
+        // A power loss that kept sled's records but not the last vectors appended: cut the
+        // vector files back to image 1's two slots.
+        let ivf = dir.join("vectors/ivf");
+        for (name, row) in [("codes.i8", D), ("fine.i8", D), ("slots.bin", 16)] {
+            let f = std::fs::OpenOptions::new()
+                .write(true)
+                .open(ivf.join(name))
+                .unwrap();
+            f.set_len((2 * row) as u64).unwrap();
+        }
+        let index = Index::open(&dir).unwrap();
+        assert_eq!(
+            index.store().counts(),
+            (1, 2),
+            "image 2 dropped, to be indexed again"
+        );
+        assert!(index.store().image(2).unwrap().is_none());
+        assert_eq!(index.vectors().len().unwrap(), 2);
+        drop(index);
+
+        // A crash after the vectors but before the sled commit leaves orphans: removed at open.
+        let index = Index::open(&dir).unwrap();
+        index
+            .vectors()
+            .insert(&[VectorEntry::bare(
+                proposal_id(9, 0),
+                proposals(1, 9)[0].1.clone(),
+            )])
+            .unwrap();
+        index.vectors().persist().unwrap();
+        drop(index);
+        let index = Index::open(&dir).unwrap();
+        assert_eq!(index.vectors().len().unwrap(), 2);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn the_engine_of_an_index_is_fixed_when_it_is_created() {
+        let dir = temp("engine");
+        let index = Index::create(&dir, &meta(), &[], EmbeddedEngine::Hnsw).unwrap();
+        drop(index);
+        let store = Store::open(&dir).unwrap();
+        let settings = IndexSettings {
+            embedded_engine: Some(EmbeddedEngine::Quantised),
+            ..Default::default()
+        };
+        let err = Index::settle_engine(&dir, &store, &settings).unwrap_err();
+        assert!(
+            err.to_string().contains("uses the hnsw vector engine"),
+            "{err}"
+        );
+        assert!("lsh".parse::<EmbeddedEngine>().is_err());
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 }

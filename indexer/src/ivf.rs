@@ -40,6 +40,8 @@ use std::sync::{Mutex, RwLock};
 use hnsw_rs::prelude::Hnsw;
 use rayon::prelude::*;
 
+use spotter_model::{QueryVectorRef, StoredVectorRef};
+
 use crate::error::{IndexError, Result};
 use crate::quant::{self, dot_f32, dot_i8};
 use crate::vectors::{DirectionL2, Neighbour, VectorEntry, VectorIndex};
@@ -878,9 +880,10 @@ impl IvfVectors {
         if state.slot_of.is_empty() || k == 0 {
             return Ok(Vec::new());
         }
-        let d = state.d;
-        let (t, q_bias) = (&query[..d], query[d]);
-        let t_norm = dot_f32(t, t).sqrt();
+        let parts = QueryVectorRef::new(query)
+            .ok_or_else(|| IndexError::Vectors("a query needs at least 2 values".into()))?;
+        let (t, q_bias) = (parts.text(), parts.bias_weight());
+        let t_norm = parts.norm();
         let (q_scale, q_code) = quant::encode_coarse(t);
         let mut u = t.to_vec();
         normalise(&mut u);
@@ -1051,7 +1054,16 @@ impl VectorIndex for IvfVectors {
                 self.dim
             )));
         }
-        let d = self.dim - 1;
+        let layouts: Vec<StoredVectorRef<'_>> = items
+            .iter()
+            .map(|e| {
+                StoredVectorRef::new(&e.vector).ok_or_else(|| {
+                    IndexError::Vectors(format!("vector {} is too short to hold a bias", e.id))
+                })
+            })
+            .collect::<Result<_>>()?;
+        let layout_of: HashMap<u64, StoredVectorRef<'_>> =
+            items.iter().map(|e| e.id).zip(layouts).collect();
         {
             let mut state = self.write_lock()?;
             let mut seen = HashSet::new();
@@ -1064,8 +1076,9 @@ impl VectorIndex for IvfVectors {
             }
             let encoded: Vec<quant::Codes> = fresh
                 .par_iter()
-                .map(|e| quant::encode(&e.vector[..d]))
+                .map(|e| quant::encode(layout_of[&e.id].embedding()))
                 .collect();
+            let d = self.dim - 1;
             let (mut codes, mut fine, mut slots) = (
                 Vec::with_capacity(fresh.len() * d),
                 Vec::with_capacity(fresh.len() * d),
@@ -1074,12 +1087,12 @@ impl VectorIndex for IvfVectors {
             for (e, c) in fresh.iter().zip(&encoded) {
                 codes.extend(c.coarse.iter().map(|x| *x as u8));
                 fine.extend(c.fine.iter().map(|x| *x as u8));
-                slots.extend_from_slice(&slot_row(e.id, c.scale, e.vector[d]));
+                slots.extend_from_slice(&slot_row(e.id, c.scale, layout_of[&e.id].bias()));
             }
             self.lock_files()?
                 .append(&self.dir, &codes, &fine, &slots)?;
             for (e, c) in fresh.iter().zip(&encoded) {
-                let slot = state.push(e.id, c.scale, e.vector[d], &c.coarse);
+                let slot = state.push(e.id, c.scale, layout_of[&e.id].bias(), &c.coarse);
                 state.place(slot);
             }
         }

@@ -33,6 +33,8 @@ use milvus::schema::{CollectionSchema, CollectionSchemaBuilder, FieldSchema};
 use milvus::value::{Value, ValueVec};
 
 use crate::backend::{Consistency, MilvusConfig, MilvusIndex};
+use spotter_model::StoredVectorRef;
+
 use crate::error::{IndexError, Result};
 use crate::vectors::{
     band_of, HitPayload, Neighbour, PayloadStore, RemoteHit, VectorEntry, VectorIndex,
@@ -76,9 +78,7 @@ pub struct MilvusVectors {
 
 /// The partition of a stored vector: its bias (scoring level) and norm band.
 fn partition_of(vector: &[f32]) -> String {
-    let d = vector.len().saturating_sub(1);
-    let norm = vector[..d].iter().map(|x| x * x).sum::<f32>().sqrt();
-    let bias = vector.get(d).copied().unwrap_or(0.0);
+    let (norm, bias) = StoredVectorRef::new(vector).map_or((0.0, 0.0), |v| (v.norm(), v.bias()));
     // Partition names are letters, digits and underscores: bias bits in hex, band offset to ≥ 0.
     format!("b{:08x}_n{}", bias.to_bits(), band_of(norm) + 1000)
 }

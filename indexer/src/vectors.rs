@@ -20,6 +20,8 @@ use std::sync::RwLock;
 use hnsw_rs::anndists::dist::distances::Distance;
 use hnsw_rs::prelude::{AnnT, Hnsw, HnswIo};
 
+use spotter_model::{QueryVectorRef, StoredVectorRef};
+
 use crate::error::{IndexError, Result};
 
 /// A search result: the proposal id and the exact inner product `<q, v>` (the model's logit).
@@ -243,10 +245,6 @@ pub struct HnswVectors {
     state: RwLock<State>,
 }
 
-fn norm(v: &[f32]) -> f32 {
-    v.iter().map(|x| x * x).sum::<f32>().sqrt()
-}
-
 /// Bands per doubling of the norm: narrower bands give tighter bounds (fewer candidates) but
 /// more graphs.
 const BANDS_PER_OCTAVE: f32 = 2.0;
@@ -266,16 +264,16 @@ pub(crate) fn band_of(n: f32) -> i32 {
 }
 
 /// `[û ; n]` and the bias of a stored vector.
-fn split(v: &[f32]) -> (Vec<f32>, f32, f32) {
-    let d = v.len() - 1;
-    let n = norm(&v[..d]);
+fn split(v: StoredVectorRef<'_>) -> (Vec<f32>, f32, f32) {
+    let x = v.embedding();
+    let n = v.norm();
     let mut point: Vec<f32> = if n > 0.0 {
-        v[..d].iter().map(|x| x / n).collect()
+        x.iter().map(|x| x / n).collect()
     } else {
-        vec![0.0; d]
+        vec![0.0; x.len()]
     };
     point.push(n);
-    (point, n, v[d])
+    (point, n, v.bias())
 }
 
 fn new_graph(params: HnswParams, capacity: usize) -> Graph {
@@ -425,7 +423,10 @@ impl VectorIndex for HnswVectors {
         }
         let mut by_group: HashMap<GroupKey, Vec<NewPoint>> = HashMap::new();
         for &(id, v) in &fresh {
-            let (point, n, bias) = split(v);
+            let stored = StoredVectorRef::new(v).ok_or_else(|| {
+                IndexError::Vectors(format!("vector {id} is too short to hold a bias"))
+            })?;
+            let (point, n, bias) = split(stored);
             by_group
                 .entry((bias.to_bits(), band_of(n)))
                 .or_default()
@@ -492,9 +493,12 @@ impl VectorIndex for HnswVectors {
             return Ok(Vec::new());
         }
         let d = self.dim - 1;
-        let q_norm = norm(&query[..d]);
-        let q_bias = query[d];
-        let mut direction: Vec<f32> = query[..d]
+        let parts = QueryVectorRef::new(query)
+            .ok_or_else(|| IndexError::Vectors("a query needs at least 2 values".into()))?;
+        let q_norm = parts.norm();
+        let q_bias = parts.bias_weight();
+        let mut direction: Vec<f32> = parts
+            .text()
             .iter()
             .map(|x| x / q_norm.max(f32::MIN_POSITIVE))
             .collect();

@@ -40,7 +40,7 @@ pub use manifest::{Manifest, ModelPackage};
 pub use postprocess::ProposalParams;
 pub use preprocess::{decode_bytes, decode_file, DecodeLimits, Letterbox, Preprocessor};
 pub use runtime::{ActiveDevice, Device, RuntimeOptions};
-pub use scoring::Scoring;
+pub use scoring::{QueryVectorRef, Scoring, StoredVectorRef};
 pub use text_tower::TextTower;
 
 /// Environment variable listing extra folders (`:`-separated) that hold model packages.

@@ -5,6 +5,80 @@
 
 use crate::manifest::{Activation, ScoringSpec};
 
+/// A stored vector `[x ; b]` by its parts: `x` the embedding scaled by its level (`D` values),
+/// `b` the level's bias. The one place that knows the layout; every vector engine reads stored
+/// vectors through it.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct StoredVectorRef<'a> {
+    embedding: &'a [f32],
+    bias: f32,
+}
+
+impl<'a> StoredVectorRef<'a> {
+    /// The parts of `v`; `None` when it is too short to hold an embedding and a bias.
+    pub fn new(v: &'a [f32]) -> Option<Self> {
+        let (bias, embedding) = v.split_last()?;
+        (!embedding.is_empty()).then_some(StoredVectorRef {
+            embedding,
+            bias: *bias,
+        })
+    }
+
+    /// `x`, the level-scaled embedding.
+    pub fn embedding(&self) -> &'a [f32] {
+        self.embedding
+    }
+
+    /// `b`, the level's bias.
+    pub fn bias(&self) -> f32 {
+        self.bias
+    }
+
+    /// `|x|` (the bias is not part of the norm).
+    pub fn norm(&self) -> f32 {
+        dot(self.embedding, self.embedding).sqrt()
+    }
+}
+
+/// A query vector `[t ; w]` by its parts: `t` the text side (`D` values), `w` the weight of the
+/// stored bias (1 for a text query), so that `<q, v> = <t, x> + w·b` is the model's logit.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct QueryVectorRef<'a> {
+    text: &'a [f32],
+    bias_weight: f32,
+}
+
+impl<'a> QueryVectorRef<'a> {
+    /// The parts of `q`; `None` when it is too short.
+    pub fn new(q: &'a [f32]) -> Option<Self> {
+        let (bias_weight, text) = q.split_last()?;
+        (!text.is_empty()).then_some(QueryVectorRef {
+            text,
+            bias_weight: *bias_weight,
+        })
+    }
+
+    /// `t`.
+    pub fn text(&self) -> &'a [f32] {
+        self.text
+    }
+
+    /// `w`.
+    pub fn bias_weight(&self) -> f32 {
+        self.bias_weight
+    }
+
+    /// `|t|`.
+    pub fn norm(&self) -> f32 {
+        dot(self.text, self.text).sqrt()
+    }
+
+    /// The logit `<t, x> + w·b` against a stored vector.
+    pub fn logit(&self, stored: StoredVectorRef<'_>) -> f32 {
+        dot(self.text, stored.embedding) + self.bias_weight * stored.bias
+    }
+}
+
 /// The scoring rule of one model.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Scoring {

@@ -56,7 +56,7 @@ ALL_DATASETS = ["starter", "wedetect", "random", "clustered"]
 ALL_ENGINES = ["exact", "spotter", "spotter-ivf", "hnswlib", "faiss-hnsw", "faiss-ivf",
                "faiss-ivf-sq8", "faiss-ivf-pq", "faiss-hnsw-sq"]
 # Reported when present; run only when named in --engines (needs a Milvus server).
-REPORTED_ENGINES = ALL_ENGINES + ["milvus"]
+REPORTED_ENGINES = ALL_ENGINES + ["milvus", "milvus-ivf_flat", "milvus-ivf_sq8"]
 
 
 def ensure_venv() -> None:
@@ -292,7 +292,8 @@ def run_milvus(files, name, n, args):
         str(SPOTTER_BIN), "--vectors", str(files["base"]), "--queries", str(files["queries"]),
         "--ground-truth", str(files["gt"]), "--m", str(args.m), "--ef-construction", str(args.ef_construction),
         "--ef", ",".join(map(str, args.ef)), "--k", ",".join(map(str, args.k)),
-        "--max-seconds", str(args.max_seconds), "--json", "--engine", f"milvus://{address}/{collection}",
+        "--max-seconds", str(args.max_seconds), "--json", "--engine",
+        f"milvus://{address}/{collection}" + (f"?index={args.milvus_index}" if args.milvus_index else ""),
     ]
     log("  " + " ".join(cmd))
     proc = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=None, text=True, check=True)
@@ -515,7 +516,10 @@ def run_dataset(name: str, n: int, args) -> None:
         except Exception as e:  # keep the other engines' numbers
             log(f"{name}-{n} {engine}: FAILED {e}")
             res = {"failed": str(e)}
-        data["engines"][engine] = res
+        key = engine
+        if engine == "milvus" and args.milvus_index:
+            key = "milvus-" + args.milvus_index.split("&")[0]
+        data["engines"][key] = res
         if "build_s" in res:
             best = {}
             for r in res["results"]:
@@ -569,7 +573,7 @@ def report() -> str:
                 note += f"peak RSS {e['peak_rss_mib']:.0f} MiB incl. {e['input_mib']:.0f} MiB input"
             if name.startswith("faiss-ivf"):
                 note = f"nlist={e['nlist']}"
-            if name == "milvus":
+            if name.startswith("milvus"):
                 note = (f"upserts + flush {e['insert_s']:.1f} s ({data['n'] / e['insert_s']:.0f} vectors/s), then the "
                         "server's index build; Bounded consistency; queries over gRPC; memory is the server's")
             mem = f"{e['rss_delta_mib']:.0f}" if "rss_delta_mib" in e else "—"
@@ -630,6 +634,8 @@ def main() -> None:
     ap.add_argument("--max-seconds", type=float, default=15.0, help="cap on one query setting (exact scan, Spotter)")
     ap.add_argument("--max-build-s", type=float, default=600.0, help="skip an engine whose extrapolated build exceeds this")
     ap.add_argument("--out", default=str(OUT), help="folder for data, JSON and report")
+    ap.add_argument("--milvus-index", default="",
+                    help="Milvus index of the milvus engine as in Spotter's URL, e.g. 'ivf_sq8&nlist=1024' (default HNSW)")
     ap.add_argument("--report-only", action="store_true")
     args = ap.parse_args()
     OUT = Path(args.out).resolve()
