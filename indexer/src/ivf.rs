@@ -159,20 +159,26 @@ struct Part {
     lists: Option<Lists>,
 }
 
-/// Slot-indexed data in memory.
+/// Low bits of an id that vary inside a group of consecutive slots: Spotter's proposal ids are
+/// `image << 16 | rank` (`records::PROPOSAL_BITS`) and an image's proposals are inserted
+/// together, so one entry per image finds all of them.
+const GROUP_BITS: u32 = crate::records::PROPOSAL_BITS;
+
+/// Slot-indexed data in memory (about `D + 14` bytes per slot).
 struct State {
     d: usize,
     ids: Vec<u64>,
     scales: Vec<f32>,
-    biases: Vec<f32>,
     blocks: Vec<Vec<i8>>,
-    /// Slot → list within its part (`UNASSIGNED` when in the part's flat scan).
-    assign: Vec<u32>,
     parts: Vec<Part>,
     /// Slot → part.
-    part: Vec<u32>,
+    part: Vec<u16>,
     part_of_key: HashMap<(u32, i32), usize>,
-    slot_of: HashMap<u64, u32>,
+    /// Id group (`id >> GROUP_BITS`) → the slot its rank 0 has, or would have.
+    groups: HashMap<u64, u32>,
+    /// Ids not at their group's slot (inserted out of order, or again after a deletion).
+    stray: HashMap<u64, u32>,
+    live: usize,
     deleted: Vec<u64>,
     n_deleted: usize,
     /// Read handle of `fine.i8` (positioned reads only).
@@ -185,13 +191,13 @@ impl State {
             d,
             ids: Vec::new(),
             scales: Vec::new(),
-            biases: Vec::new(),
             blocks: Vec::new(),
-            assign: Vec::new(),
             parts: Vec::new(),
             part: Vec::new(),
             part_of_key: HashMap::new(),
-            slot_of: HashMap::new(),
+            groups: HashMap::new(),
+            stray: HashMap::new(),
+            live: 0,
             deleted: Vec::new(),
             n_deleted: 0,
             fine: None,
@@ -209,7 +215,30 @@ impl State {
     }
 
     fn part_of(&self, slot: usize) -> usize {
-        self.part[slot] as usize
+        usize::from(self.part[slot])
+    }
+
+    fn bias(&self, slot: usize) -> f32 {
+        self.parts[self.part_of(slot)].bias
+    }
+
+    /// The live slot of `id`.
+    fn slot_of(&self, id: u64) -> Option<usize> {
+        let slot = match self.stray.get(&id) {
+            Some(&slot) => slot as usize,
+            None => {
+                let first = *self.groups.get(&(id >> GROUP_BITS))? as usize;
+                first + (id & ((1 << GROUP_BITS) - 1)) as usize
+            }
+        };
+        (slot < self.slots() && self.ids[slot] == id && !self.is_deleted(slot)).then_some(slot)
+    }
+
+    /// The live ids.
+    fn live_ids(&self) -> impl Iterator<Item = u64> + '_ {
+        (0..self.slots())
+            .filter(|s| !self.is_deleted(*s))
+            .map(|s| self.ids[s])
     }
 
     fn is_deleted(&self, slot: usize) -> bool {
@@ -225,6 +254,7 @@ impl State {
         if !self.is_deleted(slot) {
             self.deleted[slot / 64] |= 1 << (slot % 64);
             self.n_deleted += 1;
+            self.live -= 1;
             let part = self.part_of(slot);
             self.parts[part].live -= 1;
         }
@@ -232,24 +262,14 @@ impl State {
 
     /// Deletes the live vector `id`, if any.
     fn delete_id(&mut self, id: u64) {
-        if let Some(slot) = self.slot_of.remove(&id) {
-            self.mark_deleted(slot as usize);
+        if let Some(slot) = self.slot_of(id) {
+            self.mark_deleted(slot);
         }
     }
 
-    /// Adds a slot (in no list yet: see [`State::place`]).
-    fn push(&mut self, id: u64, scale: f32, bias: f32, coarse: &[i8]) -> usize {
-        let slot = self.slots();
-        if slot.is_multiple_of(BLOCK_SLOTS) {
-            self.blocks.push(Vec::with_capacity(BLOCK_SLOTS * self.d));
-        }
-        if let Some(block) = self.blocks.last_mut() {
-            block.extend_from_slice(coarse);
-        }
-        self.ids.push(id);
-        self.scales.push(scale);
-        self.biases.push(bias);
-        self.assign.push(UNASSIGNED);
+    /// Adds a slot (in no list yet: see [`State::place`]); an older live slot of the same id
+    /// is deleted (a replay keeps its newest slot).
+    fn push(&mut self, id: u64, scale: f32, bias: f32, coarse: &[i8]) -> Result<usize> {
         let coarse_norm = scale * (dot_i8(coarse, coarse) as f32).sqrt();
         let band = band_of(coarse_norm);
         let parts = self.parts.len();
@@ -257,7 +277,12 @@ impl State {
             .part_of_key
             .entry((bias.to_bits(), band))
             .or_insert(parts);
-        self.part.push(part as u32);
+        let part_index = u16::try_from(part).map_err(|_| {
+            IndexError::Vectors(format!(
+                "more than {} distinct (bias, norm band) pairs: the vectors are not a model's",
+                u16::MAX
+            ))
+        })?;
         if part == parts {
             self.parts.push(Part {
                 bias,
@@ -268,14 +293,38 @@ impl State {
                 lists: None,
             });
         }
+        self.delete_id(id);
+        let slot = self.slots();
+        if slot.is_multiple_of(BLOCK_SLOTS) {
+            self.blocks.push(Vec::with_capacity(BLOCK_SLOTS * self.d));
+        }
+        if let Some(block) = self.blocks.last_mut() {
+            block.extend_from_slice(coarse);
+        }
+        self.ids.push(id);
+        self.scales.push(scale);
+        self.part.push(part_index);
         // |x| ≤ |s·c| + |x − s·c| ≤ |s·c| + √D·s/2.
         let norm = coarse_norm + (self.d as f32).sqrt() * scale * 0.5;
         let p = &mut self.parts[part];
         p.max_norm = p.max_norm.max(norm);
         p.live += 1;
-        self.delete_id(id); // a replayed id keeps its newest slot
-        self.slot_of.insert(id, slot as u32);
-        slot
+        self.live += 1;
+        let rank = (id & ((1 << GROUP_BITS) - 1)) as usize;
+        let expected = match self.groups.get(&(id >> GROUP_BITS)) {
+            Some(&first) => Some(first as usize + rank),
+            None if slot >= rank => {
+                self.groups.insert(id >> GROUP_BITS, (slot - rank) as u32);
+                Some(slot)
+            }
+            None => None,
+        };
+        if expected == Some(slot) {
+            self.stray.remove(&id);
+        } else {
+            self.stray.insert(id, slot as u32);
+        }
+        Ok(slot)
     }
 
     /// Puts a live slot in its list (or its part's flat scan while the part is untrained).
@@ -290,10 +339,7 @@ impl State {
         };
         let p = &mut self.parts[part];
         match (list, &mut p.lists) {
-            (Some(list), Some(lists)) => {
-                self.assign[slot] = list as u32;
-                lists.members[list].push(slot as u32);
-            }
+            (Some(list), Some(lists)) => lists.members[list].push(slot as u32),
             _ => p.flat.push(slot as u32),
         }
     }
@@ -520,7 +566,6 @@ fn install_lists(state: &mut State, part: usize, lists: Lists, slots: &[usize], 
         }
         match known.get(&slot) {
             Some(&list) => {
-                state.assign[slot] = list;
                 if let Some(lists) = &mut state.parts[part].lists {
                     lists.members[list as usize].push(slot as u32);
                 }
@@ -586,7 +631,18 @@ fn lists_bytes(state: &State) -> Vec<u8> {
             out.extend_from_slice(&x.to_le_bytes());
         }
     }
-    for a in &state.assign {
+    // Every slot's list, from the lists themselves (flat and deleted slots: none).
+    let mut assign = vec![UNASSIGNED; state.slots()];
+    for part in &state.parts {
+        if let Some(lists) = &part.lists {
+            for (list, members) in lists.members.iter().enumerate() {
+                for &slot in members {
+                    assign[slot as usize] = list as u32;
+                }
+            }
+        }
+    }
+    for a in &assign {
         out.extend_from_slice(&a.to_le_bytes());
     }
     out
@@ -656,22 +712,19 @@ impl IvfVectors {
             let bias = f32::from_le_bytes(s[12..16].try_into().expect("4 bytes"));
             codes.read_exact(&mut row).map_err(io_err(&codes_path))?;
             coarse.iter_mut().zip(&row).for_each(|(c, b)| *c = *b as i8);
-            state.push(id, scale, bias, &coarse);
+            state.push(id, scale, bias, &coarse)?;
         }
         // Deleted slots as last saved.
         for slot in u32s(&read_all(&dir.join(DELETED_FILE))?) {
             let slot = slot as usize;
             if slot < n {
-                if state.slot_of.get(&state.ids[slot]) == Some(&(slot as u32)) {
-                    state.slot_of.remove(&state.ids[slot]);
-                }
                 state.mark_deleted(slot);
             }
         }
         // Lists as last saved; slots saved without one (added later) join theirs now.
         let lists_path = dir.join(LISTS_FILE);
         let bytes = read_all(&lists_path)?;
-        let mut assigned = 0;
+        let mut assign: Vec<u32> = Vec::new();
         if !bytes.is_empty() {
             let bad = |m: String| corrupt(&lists_path, m);
             if bytes.len() < 24 || &bytes[..8] != LISTS_MAGIC {
@@ -713,34 +766,29 @@ impl IvfVectors {
                     lists.len()
                 )));
             }
-            for (slot, list) in u32s(lists).enumerate().take(n) {
-                state.assign[slot] = list;
-            }
-            assigned = saved_slots.min(n);
+            assign = u32s(lists).take(n).collect();
         }
         for slot in 0..n {
             if state.is_deleted(slot) {
                 continue;
             }
             let part = state.part_of(slot);
-            let list = state.assign[slot];
+            let list = assign.get(slot).copied().unwrap_or(UNASSIGNED);
             let nlist = state.parts[part].lists.as_ref().map(Lists::nlist);
             match nlist {
-                Some(nlist) if slot < assigned && (list as usize) < nlist => {
+                Some(nlist) if (list as usize) < nlist => {
                     if let Some(lists) = &mut state.parts[part].lists {
                         lists.members[list as usize].push(slot as u32);
                     }
                 }
-                Some(_) if slot < assigned && list != UNASSIGNED => {
+                Some(_) if list != UNASSIGNED => {
                     return Err(corrupt(
                         &lists_path,
                         format!("slot {slot} is in list {list}, beyond its part's lists"),
                     ))
                 }
-                _ => {
-                    state.assign[slot] = UNASSIGNED;
-                    state.place(slot);
-                }
+                // Untrained part, or a slot saved before its part's lists (or after the save).
+                _ => state.place(slot),
             }
         }
         Ok(state)
@@ -787,12 +835,12 @@ impl IvfVectors {
         let state = self.read_lock()?;
         let mut out = Vec::with_capacity(ids.len());
         for id in ids {
-            let Some(&slot) = state.slot_of.get(id) else {
+            let Some(slot) = state.slot_of(*id) else {
                 out.push(None);
                 continue;
             };
-            let mut v = self.reconstruct(&state, slot as usize)?;
-            v.push(state.biases[slot as usize]);
+            let mut v = self.reconstruct(&state, slot)?;
+            v.push(state.bias(slot));
             out.push(Some(v));
         }
         Ok(out)
@@ -877,7 +925,7 @@ impl IvfVectors {
             )));
         }
         let state = self.read_lock()?;
-        if state.slot_of.is_empty() || k == 0 {
+        if state.live == 0 || k == 0 {
             return Ok(Vec::new());
         }
         let parts = QueryVectorRef::new(query)
@@ -900,7 +948,7 @@ impl IvfVectors {
                 return;
             }
             let logit = q_scale * state.scales[slot] * dot_i8(&q_code, state.code(slot)) as f32
-                + q_bias * state.biases[slot];
+                + q_bias * state.bias(slot);
             if heap.len() < keep {
                 heap.push(Candidate(logit, slot as u32));
             } else if heap.peek().is_some_and(|worst| logit > worst.0) {
@@ -933,7 +981,7 @@ impl IvfVectors {
             let x = self.reconstruct(&state, slot)?;
             out.push(Neighbour {
                 id: state.ids[slot],
-                logit: dot_f32(t, &x) + q_bias * state.biases[slot],
+                logit: dot_f32(t, &x) + q_bias * state.bias(slot),
             });
         }
         out.sort_by(|a, b| b.logit.total_cmp(&a.logit).then(a.id.cmp(&b.id)));
@@ -1006,9 +1054,9 @@ impl IvfVectors {
                 let at = fresh.push(
                     state.ids[slot],
                     state.scales[slot],
-                    state.biases[slot],
+                    state.bias(slot),
                     &coarse,
-                );
+                )?;
                 fresh.place(at);
             }
         }
@@ -1037,7 +1085,7 @@ impl IvfVectors {
             rows.extend_from_slice(&slot_row(
                 state.ids[slot],
                 state.scales[slot],
-                state.biases[slot],
+                state.bias(slot),
             ));
         }
         Ok((codes, fine, rows))
@@ -1069,7 +1117,7 @@ impl VectorIndex for IvfVectors {
             let mut seen = HashSet::new();
             let fresh: Vec<&VectorEntry> = items
                 .iter()
-                .filter(|e| !state.slot_of.contains_key(&e.id) && seen.insert(e.id))
+                .filter(|e| state.slot_of(e.id).is_none() && seen.insert(e.id))
                 .collect();
             if fresh.is_empty() {
                 return Ok(());
@@ -1092,7 +1140,7 @@ impl VectorIndex for IvfVectors {
             self.lock_files()?
                 .append(&self.dir, &codes, &fine, &slots)?;
             for (e, c) in fresh.iter().zip(&encoded) {
-                let slot = state.push(e.id, c.scale, layout_of[&e.id].bias(), &c.coarse);
+                let slot = state.push(e.id, c.scale, layout_of[&e.id].bias(), &c.coarse)?;
                 state.place(slot);
             }
         }
@@ -1112,7 +1160,7 @@ impl VectorIndex for IvfVectors {
     }
 
     fn len(&self) -> Result<usize> {
-        Ok(self.read_lock()?.slot_of.len())
+        Ok(self.read_lock()?.live)
     }
 
     fn tombstones(&self) -> Result<usize> {
@@ -1121,7 +1169,7 @@ impl VectorIndex for IvfVectors {
 
     /// The live ids (a deleted vector cannot come back, so it does not count as held).
     fn ids(&self) -> Result<HashSet<u64>> {
-        Ok(self.read_lock()?.slot_of.keys().copied().collect())
+        Ok(self.read_lock()?.live_ids().collect())
     }
 
     fn persist(&self) -> Result<()> {
@@ -1388,6 +1436,72 @@ mod tests {
             IvfVectors::open(&dir, d + 1, params),
             Err(IndexError::Corrupt { .. })
         ));
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn ids_out_of_their_group_order_and_reinserted_ids_are_found() {
+        let (d, dir) = (8, temp("ids"));
+        let params = IvfParams {
+            train_at: 1000,
+            min_probe: 8,
+        };
+        let id = |image: u64, rank: u64| (image << GROUP_BITS) | rank;
+        let v = |x: f32| {
+            let mut v: Vec<f32> = (0..d).map(|i| x + i as f32 * 0.1).collect();
+            v.push(-1.0);
+            v
+        };
+        let index = IvfVectors::open(&dir, d + 1, params).unwrap();
+        let order = [
+            id(5, 0),
+            id(5, 1),
+            id(5, 2),
+            id(2, 1),
+            id(2, 0),
+            id(7, 3),
+            3,
+        ];
+        let entries: Vec<VectorEntry> = order
+            .iter()
+            .enumerate()
+            .map(|(i, id)| VectorEntry::bare(*id, v(i as f32)))
+            .collect();
+        index.insert(&entries).unwrap();
+        index.remove(&[id(5, 1)]).unwrap();
+        index
+            .insert(&[VectorEntry::bare(id(5, 1), v(9.0))])
+            .unwrap(); // again, in a new slot
+        let check = |index: &IvfVectors| {
+            assert_eq!(index.len().unwrap(), order.len());
+            let got = index.stored_vectors(&order).unwrap();
+            for (i, g) in got.iter().enumerate() {
+                let want = if order[i] == id(5, 1) {
+                    v(9.0)
+                } else {
+                    v(i as f32)
+                };
+                let g = g
+                    .as_ref()
+                    .unwrap_or_else(|| panic!("{} not found", order[i]));
+                assert!(
+                    g.iter().zip(&want).all(|(a, b)| (a - b).abs() < 1e-3),
+                    "{i}"
+                );
+            }
+            assert!(index
+                .stored_vectors(&[id(5, 3), id(2, 2)])
+                .unwrap()
+                .iter()
+                .all(Option::is_none));
+            assert_eq!(index.ids().unwrap(), order.iter().copied().collect());
+        };
+        check(&index);
+        index.persist().unwrap();
+        drop(index);
+        let index = IvfVectors::open(&dir, d + 1, params).unwrap();
+        check(&index);
+        assert_eq!(index.tombstones().unwrap(), 1);
         let _ = std::fs::remove_dir_all(&dir);
     }
 
