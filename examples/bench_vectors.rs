@@ -195,6 +195,7 @@ fn files_mode(args: &[String]) -> Result<(), Error> {
     let mut json = false;
     let mut max_seconds = f64::INFINITY;
     let mut engine = "spotter-hnsw".to_string();
+    let mut ivf = spotter_indexer::ivf::IvfParams::default();
     let mut it = args.iter();
     while let Some(a) = it.next() {
         let mut value = || {
@@ -213,6 +214,7 @@ fn files_mode(args: &[String]) -> Result<(), Error> {
             "--max-seconds" => max_seconds = value()?.parse()?,
             "--json" => json = true,
             "--engine" => engine = value()?,
+            "--train-at" => ivf.train_at = value()?.parse()?,
             other => return Err(format!("unknown argument {other}").into()),
         }
     }
@@ -254,9 +256,7 @@ fn files_mode(args: &[String]) -> Result<(), Error> {
             "spotter-ivf" => (
                 None,
                 Some(Box::new(spotter_indexer::ivf::IvfVectors::open(
-                    &dir,
-                    base.cols,
-                    spotter_indexer::ivf::IvfParams::default(),
+                    &dir, base.cols, ivf,
                 )?)),
             ),
             _ => (None, Some(open_remote(&engine, base.cols, params)?)),

@@ -26,7 +26,7 @@
 //! cargo run --release --example bench_volume -- --index DIR [--queries 1000] [--truth 200]
 //!
 //! cargo run --release --example bench_volume -- SOURCE_INDEX N OUT_DIR [--engine ivf|hnsw]
-//!     [--queries 1000] [--truth 200] [--jitter 0.15] [--probes 8,16,24,32,48,64] [--one-bias]
+//!     [--queries 1000] [--truth 200] [--jitter 0.15] [--probes 8,16,24,32,48,64] [--one-bias] [--train-at N]
 //!
 //! `--one-bias` gives every proposal the mean bias, so that all levels compete in every query
 //! (with the reference-architecture package's biases one level wins every query).
@@ -110,9 +110,9 @@ enum Engine {
 }
 
 impl Engine {
-    fn open(kind: &str, dir: &Path, dim: usize) -> Result<Self, Error> {
+    fn open(kind: &str, dir: &Path, dim: usize, ivf: IvfParams) -> Result<Self, Error> {
         Ok(match kind {
-            "ivf" => Engine::Ivf(Box::new(IvfVectors::open(dir, dim, IvfParams::default())?)),
+            "ivf" => Engine::Ivf(Box::new(IvfVectors::open(dir, dim, ivf)?)),
             "hnsw" => Engine::Hnsw(HnswVectors::open(dir, dim, HnswParams::default())?),
             other => return Err(format!("unknown engine {other} (ivf, hnsw)").into()),
         })
@@ -313,6 +313,7 @@ fn main() -> Result<(), Error> {
     let (mut engine_kind, mut n_queries, mut n_truth, mut jitter) =
         ("ivf".to_string(), 1000usize, 200usize, 0.15f32);
     let mut one_bias = false;
+    let mut ivf = IvfParams::default();
     let mut probes: Vec<usize> = vec![8, 16, 24, 32, 48, 64];
     let mut it = args[4..].iter();
     while let Some(a) = it.next() {
@@ -323,6 +324,7 @@ fn main() -> Result<(), Error> {
             "--truth" => n_truth = value()?.parse()?,
             "--jitter" => jitter = value()?.parse()?,
             "--one-bias" => one_bias = true,
+            "--train-at" => ivf.train_at = value()?.parse()?,
             "--probes" => {
                 probes = value()?
                     .split(',')
@@ -399,7 +401,7 @@ fn main() -> Result<(), Error> {
         libc::malloc_trim(0);
     }
     let rss_before = rss_kib("VmRSS:");
-    let engine = Engine::open(&engine_kind, &out, dim)?;
+    let engine = Engine::open(&engine_kind, &out, dim, ivf)?;
     let mut truth: Vec<BinaryHeap<Kept>> = (0..n_truth).map(|_| BinaryHeap::new()).collect();
     let mut gen = Rng(0x5eed);
     let started = Instant::now();
@@ -471,7 +473,7 @@ fn main() -> Result<(), Error> {
         libc::malloc_trim(0);
     }
     let t = Instant::now();
-    let engine = Engine::open(&engine_kind, &out, dim)?;
+    let engine = Engine::open(&engine_kind, &out, dim, ivf)?;
     let open_seconds = t.elapsed().as_secs_f64();
     let index = engine.index();
 

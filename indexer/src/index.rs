@@ -151,8 +151,10 @@ pub struct IndexStats {
     pub tombstones: usize,
     /// Stored vector length.
     pub vector_dim: usize,
-    /// f16 storage.
+    /// f16 storage (the HNSW engine's store copies).
     pub half_precision: bool,
+    /// How the stored vectors are kept, in words.
+    pub vector_storage: String,
     /// Vector engine description.
     pub vector_engine: String,
     /// Vector engine address (`embedded` or a `milvus://` URL).
@@ -976,12 +978,25 @@ impl Index {
             tombstones: self.vectors.tombstones()?,
             vector_dim: self.meta.vector_dim,
             half_precision: self.meta.half_precision,
+            vector_storage: self.vector_storage(),
             vector_engine: self.vectors.describe(),
             backend: self.backend.vectors.to_string(),
             shard: self.backend.shard.map(|s| s.to_string()),
             disk_bytes: dir_size(&self.dir),
             walk_problems: self.walk_problems()?,
         })
+    }
+
+    fn vector_storage(&self) -> String {
+        if self.quantised.is_some() {
+            "int8 codes (coarse in memory, fine residual on disk; finer than f16)".into()
+        } else if self.payloads.is_some() {
+            "f32 in the shared collection".into()
+        } else if self.meta.half_precision {
+            "f16 (store) and f32 (HNSW graphs)".into()
+        } else {
+            "f32".into()
+        }
     }
 
     /// Every file that failed to index, with its reason, in image-id order.

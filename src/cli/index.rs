@@ -307,8 +307,7 @@ pub fn stats(args: &StatsArgs) -> Result<()> {
     }
     println!(
         "vector      {} floats, stored as {}",
-        stats.vector_dim,
-        if stats.half_precision { "f16" } else { "f32" }
+        stats.vector_dim, stats.vector_storage
     );
     println!("engine      {}", stats.vector_engine);
     println!("backend     {}", stats.backend);
