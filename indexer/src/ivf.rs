@@ -657,6 +657,16 @@ impl IvfVectors {
                 "stored vectors need at least 2 values, not {dim}"
             )));
         }
+        // A compaction interrupted between its two renames leaves the old folder aside: it is
+        // complete, so it comes back (the half-built new one is dropped).
+        let old_dir = dir.with_extension("old");
+        if !dir.exists() && old_dir.exists() {
+            tracing::warn!(dir = %dir.display(), "restoring the vector folder an interrupted compaction set aside");
+            std::fs::rename(&old_dir, dir).map_err(io_err(dir))?;
+        } else if old_dir.exists() {
+            let _ = std::fs::remove_dir_all(&old_dir); // the compaction's new folder is in place
+        }
+        let _ = std::fs::remove_dir_all(dir.with_extension("new"));
         std::fs::create_dir_all(dir).map_err(io_err(dir))?;
         let d = dim - 1;
         let files = Files::open(dir)?;
@@ -1428,6 +1438,13 @@ mod tests {
         );
         let (recall, _) = check(&index, &items, d, &HashSet::new());
         assert!(recall >= 0.98, "{recall}");
+        // A compaction interrupted between its renames: the set-aside folder comes back.
+        drop(index);
+        std::fs::rename(&dir, dir.with_extension("old")).unwrap();
+        std::fs::create_dir_all(dir.with_extension("new")).unwrap();
+        let index = IvfVectors::open(&dir, d + 1, params).unwrap();
+        assert_eq!(index.len().unwrap(), 3000);
+        assert!(!dir.with_extension("new").exists());
         // A wrong-size vector and a corrupt list file are errors, not silent defaults.
         assert!(index.insert(&[VectorEntry::bare(1, vec![0.0; 3])]).is_err());
         drop(index);

@@ -76,6 +76,9 @@ try {
   await page.click("#grid .card");
   await page.waitForSelector("#viewer[open]");
   await page.waitForFunction(() => document.getElementById("viewer-img").naturalWidth > 0);
+  // The boxes are drawn by the image's load handler, which can run after naturalWidth is set.
+  await page.waitForFunction(() => document.querySelectorAll("#viewer-boxes rect").length > 0, null, { timeout: 5000 })
+    .catch(() => {});
   const viewer = await page.evaluate(() => ({
     natural: [document.getElementById("viewer-img").naturalWidth, document.getElementById("viewer-img").naturalHeight],
     boxes: document.querySelectorAll("#viewer-boxes rect").length,
