@@ -30,6 +30,9 @@
 //! setting: queries stop once it is spent (at least 50 are run) and recall is over those run.
 //! Memory is the process's peak resident set (`VmHWM`) and its growth over the build.
 
+#[path = "support/proc_status.rs"]
+mod proc_status;
+
 use std::time::Instant;
 
 use spotter_indexer::vectors::{HnswParams, HnswVectors, VectorEntry, VectorIndex};
@@ -166,18 +169,6 @@ fn read_npy<T, const N: usize>(
 // ---------------------------------------------------------------------------------------------
 // Files mode
 
-fn proc_status_kib(key: &str) -> u64 {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with(key))
-                .and_then(|l| l.split_whitespace().nth(1))
-                .and_then(|v| v.parse().ok())
-        })
-        .unwrap_or(0)
-}
-
 fn list(s: &str) -> Result<Vec<usize>, Error> {
     Ok(s.split(',')
         .map(|x| x.trim().parse::<usize>())
@@ -244,7 +235,7 @@ fn files_mode(args: &[String]) -> Result<(), Error> {
 
     let dir = std::env::temp_dir().join(format!("spotter-bench-vectors-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
-    let rss_before_kib = proc_status_kib("VmRSS:");
+    let rss_before_kib = proc_status::kib("VmRSS:");
     let params = HnswParams {
         m,
         ef_construction: ef_c,
@@ -288,8 +279,8 @@ fn files_mode(args: &[String]) -> Result<(), Error> {
         Some(e) => e.groups()?,
         None => 0,
     };
-    let rss_after_kib = proc_status_kib("VmRSS:");
-    let peak_kib = proc_status_kib("VmHWM:");
+    let rss_after_kib = proc_status::kib("VmRSS:");
+    let peak_kib = proc_status::kib("VmHWM:");
     let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
     log(format!(
         "{engine}: {} vectors of {} floats, M={m}, ef_construction={ef_c}: build {build_s:.1} s (inserts and save {insert_s:.1} s; {:.0} vectors/s, {threads} threads), {groups} group(s), peak RSS {:.0} MiB (+{:.0} MiB over the build)",

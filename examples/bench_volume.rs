@@ -31,6 +31,9 @@
 //! `--one-bias` gives every proposal the mean bias, so that all levels compete in every query
 //! (with the reference-architecture package's biases one level wins every query).
 
+#[path = "support/proc_status.rs"]
+mod proc_status;
+
 use std::collections::BinaryHeap;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -55,38 +58,6 @@ impl Rng {
 
 fn norm(v: &[f32]) -> f32 {
     v.iter().map(|x| x * x).sum::<f32>().sqrt()
-}
-
-fn rss_kib(key: &str) -> u64 {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with(key))
-                .and_then(|l| l.split_whitespace().nth(1))
-                .and_then(|v| v.parse().ok())
-        })
-        .unwrap_or(0)
-}
-
-fn dir_size(dir: &Path) -> u64 {
-    fn walk(p: &Path) -> u64 {
-        let Ok(entries) = std::fs::read_dir(p) else {
-            return 0;
-        };
-        entries
-            .filter_map(|e| e.ok())
-            .map(|e| {
-                let path = e.path();
-                match e.metadata() {
-                    Ok(m) if m.is_dir() => walk(&path),
-                    Ok(m) => m.len(),
-                    Err(_) => 0,
-                }
-            })
-            .sum()
-    }
-    walk(dir)
 }
 
 /// Min-heap entry so the heap's top is the worst of the kept best.
@@ -400,7 +371,7 @@ fn main() -> Result<(), Error> {
     unsafe {
         libc::malloc_trim(0);
     }
-    let rss_before = rss_kib("VmRSS:");
+    let rss_before = proc_status::kib("VmRSS:");
     let engine = Engine::open(&engine_kind, &out, dim, ivf)?;
     let mut truth: Vec<BinaryHeap<Kept>> = (0..n_truth).map(|_| BinaryHeap::new()).collect();
     let mut gen = Rng(0x5eed);
@@ -491,10 +462,10 @@ fn main() -> Result<(), Error> {
             worst = worst.max(w);
         }
     }
-    let rss_after = rss_kib("VmRSS:");
+    let rss_after = proc_status::kib("VmRSS:");
     latencies.sort_by(f64::total_cmp);
     let recall = hits as f64 / (100 * n_truth) as f64;
-    let disk = dir_size(&out);
+    let disk = spotter_indexer::index::dir_size(&out);
     let ram = (rss_after.saturating_sub(rss_before)) * 1024;
 
     // Probe sweep (quantised engine only).
@@ -530,7 +501,7 @@ fn main() -> Result<(), Error> {
         "{engine_kind}: {n} proposals of {dim} floats\n  ingest {ingest:.0} proposals/s ({tail_rate:.0}/s over the last tenth), save {persist_seconds:.1} s, open {open_seconds:.1} s\n  RAM {:.0} B/proposal (RSS +{} MiB; peak {} MiB), disk {:.0} B/proposal ({} MiB)\n  recall@100 {recall:.4} (max logit error {worst:.2e}) over {n_truth} queries; search p50/p90/p99 {:.2}/{:.2}/{:.2} ms\n  {}",
         ram as f64 / n as f64,
         ram >> 20,
-        rss_kib("VmHWM:") >> 10,
+        proc_status::kib("VmHWM:") >> 10,
         disk as f64 / n as f64,
         disk >> 20,
         percentile(&latencies, 0.5),

@@ -1028,7 +1028,8 @@ impl Index {
     }
 }
 
-fn dir_size(dir: &Path) -> u64 {
+/// Bytes of every file under `dir` (what `IndexStats::disk_bytes` counts).
+pub fn dir_size(dir: &Path) -> u64 {
     walkdir::WalkDir::new(dir)
         .into_iter()
         .filter_map(|e| e.ok())

@@ -364,34 +364,12 @@ def faiss_sweep(index, queries, gt, ks, name, value):
 
 
 def run_faiss_ivf(base, queries, gt, args):
-    import faiss
-    import numpy as np
-
-    n, dim = base.shape
-    nlist = max(16, int(round(np.sqrt(n))))
-    faiss.omp_set_num_threads(args.threads)
-    r0 = rss_mib()
-    t = time.time()
-    quantizer = faiss.IndexFlatIP(dim)
-    index = faiss.IndexIVFFlat(quantizer, dim, nlist, faiss.METRIC_INNER_PRODUCT)
-    sample = base[np.random.default_rng(0).choice(n, min(n, 64 * nlist), replace=False)]
-    index.train(sample)
-    index.add(base)
-    build = time.time() - t
-    delta = rss_mib() - r0
-    size = faiss.serialize_index(index).nbytes / 2**20
-    faiss.omp_set_num_threads(1)
-    results = []
-    for nprobe in args.nprobe:
-        if nprobe > nlist:
-            continue
-        index.nprobe = nprobe
-        results += faiss_sweep(index, queries, gt, args.k, "nprobe", nprobe)
-    return {"build_s": build, "rss_delta_mib": delta, "index_mib": size, "nlist": nlist, "results": results}
+    """FAISS IndexIVFFlat (inner product, nlist ~ sqrt(N))."""
+    return run_faiss_quantised(base, queries, gt, args, "ivf-flat")
 
 
 def run_faiss_quantised(base, queries, gt, args, kind):
-    """FAISS's quantised indexes: IVF-SQ8, IVF-PQ (D/8 bytes per vector) or HNSW-SQ8, inner product."""
+    """FAISS's IVF indexes (flat, SQ8, PQ with D/8 bytes per vector) and HNSW-SQ8, inner product."""
     import faiss
     import numpy as np
 
@@ -406,7 +384,9 @@ def run_faiss_quantised(base, queries, gt, args, kind):
         index.train(base[np.random.default_rng(0).choice(n, min(n, 100_000), replace=False)])
     else:
         quantizer = faiss.IndexFlatIP(dim)
-        if kind == "ivf-sq8":
+        if kind == "ivf-flat":
+            index = faiss.IndexIVFFlat(quantizer, dim, nlist, faiss.METRIC_INNER_PRODUCT)
+        elif kind == "ivf-sq8":
             index = faiss.IndexIVFScalarQuantizer(quantizer, dim, nlist, faiss.ScalarQuantizer.QT_8bit,
                                                   faiss.METRIC_INNER_PRODUCT)
         else:
