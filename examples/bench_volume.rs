@@ -175,11 +175,10 @@ fn index_mode(args: &[String]) -> Result<(), Error> {
     }
     let index = Index::open(&dir)?;
     let images: Vec<u64> = index
-        .store()
         .images()
         .map(|r| r.map(|(id, _)| id))
         .collect::<Result<_, _>>()?;
-    let total = index.vectors().len()?;
+    let total = index.vector_count()?;
     if total == 0 {
         return Err(format!("{} holds no vectors", dir.display()).into());
     }
@@ -235,7 +234,7 @@ fn index_mode(args: &[String]) -> Result<(), Error> {
     let (mut hits, mut worst, mut latencies) = (0usize, 0f32, Vec::with_capacity(queries.len()));
     for (i, q) in queries.iter().enumerate() {
         let t = Instant::now();
-        let found = index.vectors().search(q, 100, server_ef)?;
+        let found = index.search_vectors(q, 100, server_ef)?;
         latencies.push(t.elapsed().as_secs_f64() * 1e3);
         if i < n_truth {
             let (h, w) = recall_of(&found, &truth[i]);
@@ -251,7 +250,7 @@ fn index_mode(args: &[String]) -> Result<(), Error> {
         percentile(&latencies, 0.5),
         percentile(&latencies, 0.9),
         percentile(&latencies, 0.99),
-        index.vectors().describe()
+        index.describe_vectors()
     );
     println!(
         "{}",
@@ -312,7 +311,7 @@ fn main() -> Result<(), Error> {
     // Source proposals.
     let src = Index::open(&source)?;
     let mut sources: Vec<Vec<f32>> = Vec::new();
-    for image in src.store().images() {
+    for image in src.images() {
         for (_, _, v) in src.proposals_of(image?.0)? {
             sources.push(v);
         }

@@ -31,7 +31,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         Err(_) => EmbeddedEngine::default(),
     };
     let src = Index::open(source)?;
-    let images: Vec<_> = src.store().images().collect::<Result<_, _>>()?;
+    let images: Vec<_> = src.images().collect::<Result<_, _>>()?;
     let index = Index::create_like(target, &src, engine)?;
     let mut seed = 0x5eed_u64;
     let mut noise = || {
@@ -76,7 +76,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         round += 1;
     }
     index.persist()?;
-    let live = index.vectors().len()?;
+    let live = index.vector_count()?;
     println!(
         "wrote {written} proposals ({live} vectors, {} engine) in {:.1} s ({:.0} proposals/s)",
         engine.name(),

@@ -221,32 +221,30 @@ impl ImageHit {
     }
 }
 
-/// Search over one index with its model's text tower; shareable between threads.
-pub struct SearchEngine {
-    index: Arc<Index>,
-    package: ModelPackage,
-    text: TextTower,
-    scoring: Scoring,
-    cache: TextCache,
+/// One positive concept of a query: its label (shown with each hit), weight and query vector
+/// `[t̂ ; 1]`.
+#[derive(Debug, Clone)]
+pub struct Concept {
+    /// Shown with each hit it matched (the query text, or `like #ID`).
+    pub label: String,
+    /// A hit's rank is its probability times this.
+    pub weight: f32,
+    /// The query vector.
+    pub vector: Arc<Vec<f32>>,
 }
 
-impl SearchEngine {
-    /// Loads the text tower of the index's model (`text_sessions` copies for concurrent queries).
-    pub fn new(
-        index: Arc<Index>,
-        package: ModelPackage,
-        runtime: &RuntimeOptions,
-        text_sessions: usize,
-    ) -> Result<Self> {
-        index.check_model(&package)?;
-        let text = TextTower::load_pool(&package, runtime, text_sessions)?;
-        Ok(SearchEngine {
-            scoring: Scoring::new(&package.manifest.scoring),
-            index,
-            package,
-            text,
-            cache: TextCache::new(CACHE_CAPACITY),
-        })
+/// Ranked, paginated object hits for query vectors over one index: the part of search that
+/// needs only the index and the model's scoring rule (no text tower), so it is unit-tested on
+/// temporary indexes of random vectors.
+pub struct ConceptSearch {
+    index: Arc<Index>,
+    scoring: Scoring,
+}
+
+impl ConceptSearch {
+    /// Searches `index` with `scoring` (the rule of the model the index was built with).
+    pub fn new(index: Arc<Index>, scoring: Scoring) -> Self {
+        ConceptSearch { index, scoring }
     }
 
     /// The index.
@@ -254,142 +252,38 @@ impl SearchEngine {
         &self.index
     }
 
-    /// The model package.
-    pub fn package(&self) -> &ModelPackage {
-        &self.package
-    }
-
     /// The scoring rule.
     pub fn scoring(&self) -> &Scoring {
         &self.scoring
     }
 
-    /// Query vector `[t̂ ; 1]` of a concept and whether it was cached; concurrent requests for
-    /// the same uncached concept share one text-tower run.
-    pub fn query_vector(&self, concept: &str) -> Result<(Arc<Vec<f32>>, bool)> {
-        self.cache.get_or_compute(concept, || {
-            let t = self.text.embed_queries(&[concept])?;
-            let first = t.first().ok_or_else(|| {
-                SpotterError::Internal(format!("the text tower returned nothing for {concept:?}"))
-            })?;
-            Ok(self.scoring.query_vector(first))
-        })
-    }
-
-    /// How the query-text cache has been used.
-    pub fn text_cache_stats(&self) -> TextCacheStats {
-        self.cache.stats()
-    }
-
-    /// Runs a parsed text query.
-    pub fn search(&self, query: &Query, params: &SearchParams) -> Result<SearchResult> {
-        let t0 = Instant::now();
-        let mut uncached = false;
-        let mut positives = Vec::new();
-        for c in &query.positives {
-            params.cancel.check()?;
-            let (v, hit) = self.query_vector(&c.text)?;
-            uncached |= !hit;
-            positives.push((c.text.clone(), c.weight, v));
-        }
-        let mut negatives = Vec::new();
-        for n in &query.negatives {
-            params.cancel.check()?;
-            let (v, hit) = self.query_vector(n)?;
-            uncached |= !hit;
-            negatives.push(v);
-        }
-        let text_ms = if uncached {
-            t0.elapsed().as_secs_f64() * 1e3
-        } else {
-            0.0
-        };
-        self.run(&positives, &negatives, params, None, text_ms)
-    }
-
-    /// "More like this": the proposal's own embedding direction is the query.
-    pub fn similar(&self, proposal: u64, params: &SearchParams) -> Result<SearchResult> {
-        let v = self
-            .index
-            .proposal_vector(proposal)?
-            .ok_or_else(|| SpotterError::NotFound(format!("no proposal {proposal}")))?;
-        let stored = spotter_model::StoredVectorRef::new(&v).ok_or_else(|| {
-            SpotterError::from(spotter_indexer::IndexError::Corrupt {
-                what: format!("proposal {proposal}"),
-                message: "its stored vector holds no embedding".into(),
-            })
-        })?;
-        let norm = stored.norm().max(1e-12);
-        let t: Vec<f32> = stored.embedding().iter().map(|x| x / norm).collect();
-        let q = Arc::new(self.scoring.query_vector(&t));
-        self.run(
-            &[(format!("like #{proposal}"), 1.0, q)],
-            &[],
-            params,
-            Some(proposal),
-            0.0,
-        )
-    }
-
-    /// Runs a query and groups its hits by image: each image with all its matching boxes,
-    /// ranked by its best hit; `params.k`/`offset` count images.
-    pub fn search_images(&self, query: &Query, params: &SearchParams) -> Result<ImageResult> {
-        let mut object_params = params.clone();
-        object_params.offset = 0;
-        object_params.k = ((params.offset + params.k + 1) * 4).max(64);
-        loop {
-            params.cancel.check()?;
-            let result = self.search(query, &object_params)?;
-            let complete = result.next_offset.is_none();
-            let ImageResult {
-                images: groups,
-                threshold,
-                timings,
-                ..
-            } = group_by_image(result);
-            if groups.len() > params.offset + params.k || complete {
-                let more = groups.len() > params.offset + params.k;
-                let images: Vec<ImageHit> = groups
-                    .into_iter()
-                    .skip(params.offset)
-                    .take(params.k)
-                    .collect();
-                return Ok(ImageResult {
-                    next_offset: more.then_some(params.offset + params.k),
-                    images,
-                    threshold,
-                    timings,
-                });
-            }
-            object_params.k *= 4;
-        }
-    }
-
-    fn run(
+    /// The page `params` asks for of the proposals that match any of `positives` (rank: the
+    /// best concept's probability times its weight) at or above the threshold, none of
+    /// `negatives` more than that, and the filters; `exclude` (a "more like this" source) is
+    /// left out. The vector index gathers candidates with a growing breadth until the page is
+    /// full or the index is exhausted, so filters and negatives never shorten a page that
+    /// enough matches could fill; every score is the model's, recomputed from stored vectors.
+    pub fn run(
         &self,
-        positives: &[(String, f32, Arc<Vec<f32>>)],
+        positives: &[Concept],
         negatives: &[Arc<Vec<f32>>],
         params: &SearchParams,
         exclude: Option<u64>,
-        text_ms: f64,
     ) -> Result<SearchResult> {
         let threshold = params.threshold.unwrap_or(self.scoring.default_threshold());
         let min_logit = self.scoring.logit_of_probability(threshold);
         let want = params.offset + params.k + 1; // one more tells whether a next page exists
-        let total = self.index.vectors().len()?;
-        let mut timings = Timings {
-            text_ms,
-            ..Default::default()
-        };
+        let total = self.index.vector_count()?;
+        let mut timings = Timings::default();
         let mut fetch = (want * 2).max(32);
         loop {
             let t = Instant::now();
             let mut candidates: Vec<u64> = Vec::new();
             let mut exhausted = true;
-            for (_, _, q) in positives {
+            for concept in positives {
                 params.cancel.check()?;
                 let ef = params.ef.unwrap_or(0).max(fetch);
-                let found = self.index.vectors().search(q, fetch, ef)?;
+                let found = self.index.search_vectors(&concept.vector, fetch, ef)?;
                 // More could exist only if the page was full and its last hit still passes.
                 if found.len() == fetch && found.last().is_some_and(|n| n.logit >= min_logit) {
                     exhausted = false;
@@ -433,7 +327,7 @@ impl SearchEngine {
 
     fn score(
         &self,
-        positives: &[(String, f32, Arc<Vec<f32>>)],
+        positives: &[Concept],
         negatives: &[Arc<Vec<f32>>],
         record: &HitRecord,
         threshold: f32,
@@ -441,10 +335,10 @@ impl SearchEngine {
         let p = &record.proposal;
         let v = &record.vector;
         let (mut best, mut best_rank, mut best_concept) = (f32::MIN, f32::MIN, "");
-        for (text, weight, q) in positives {
-            let prob = self.scoring.probability(dot(q, v));
-            if prob * weight > best_rank {
-                (best, best_rank, best_concept) = (prob, prob * weight, text);
+        for concept in positives {
+            let prob = self.scoring.probability(dot(&concept.vector, v));
+            if prob * concept.weight > best_rank {
+                (best, best_rank, best_concept) = (prob, prob * concept.weight, &concept.label);
             }
         }
         if best < threshold {
@@ -469,5 +363,439 @@ impl SearchEngine {
             height: record.height,
             rank: best_rank,
         })
+    }
+}
+
+/// Search over one index with its model's text tower; shareable between threads.
+pub struct SearchEngine {
+    concepts: ConceptSearch,
+    package: ModelPackage,
+    text: TextTower,
+    cache: TextCache,
+}
+
+impl SearchEngine {
+    /// Loads the text tower of the index's model (`text_sessions` copies for concurrent queries).
+    pub fn new(
+        index: Arc<Index>,
+        package: ModelPackage,
+        runtime: &RuntimeOptions,
+        text_sessions: usize,
+    ) -> Result<Self> {
+        index.check_model(&package)?;
+        let text = TextTower::load_pool(&package, runtime, text_sessions)?;
+        Ok(SearchEngine {
+            concepts: ConceptSearch::new(index, Scoring::new(&package.manifest.scoring)),
+            package,
+            text,
+            cache: TextCache::new(CACHE_CAPACITY),
+        })
+    }
+
+    /// The index.
+    pub fn index(&self) -> &Arc<Index> {
+        self.concepts.index()
+    }
+
+    /// The model package.
+    pub fn package(&self) -> &ModelPackage {
+        &self.package
+    }
+
+    /// The scoring rule.
+    pub fn scoring(&self) -> &Scoring {
+        self.concepts.scoring()
+    }
+
+    /// Query vector `[t̂ ; 1]` of a concept and whether it was cached; concurrent requests for
+    /// the same uncached concept share one text-tower run.
+    pub fn query_vector(&self, concept: &str) -> Result<(Arc<Vec<f32>>, bool)> {
+        self.cache.get_or_compute(concept, || {
+            let t = self.text.embed_queries(&[concept])?;
+            let first = t.first().ok_or_else(|| {
+                SpotterError::Internal(format!("the text tower returned nothing for {concept:?}"))
+            })?;
+            Ok(self.scoring().query_vector(first))
+        })
+    }
+
+    /// How the query-text cache has been used.
+    pub fn text_cache_stats(&self) -> TextCacheStats {
+        self.cache.stats()
+    }
+
+    /// Runs a parsed text query.
+    pub fn search(&self, query: &Query, params: &SearchParams) -> Result<SearchResult> {
+        let t0 = Instant::now();
+        let mut uncached = false;
+        let mut positives = Vec::new();
+        for c in &query.positives {
+            params.cancel.check()?;
+            let (vector, hit) = self.query_vector(&c.text)?;
+            uncached |= !hit;
+            positives.push(Concept {
+                label: c.text.clone(),
+                weight: c.weight,
+                vector,
+            });
+        }
+        let mut negatives = Vec::new();
+        for n in &query.negatives {
+            params.cancel.check()?;
+            let (v, hit) = self.query_vector(n)?;
+            uncached |= !hit;
+            negatives.push(v);
+        }
+        let text_ms = if uncached {
+            t0.elapsed().as_secs_f64() * 1e3
+        } else {
+            0.0
+        };
+        let mut result = self.concepts.run(&positives, &negatives, params, None)?;
+        result.timings.text_ms = text_ms;
+        Ok(result)
+    }
+
+    /// "More like this": the proposal's own embedding direction is the query.
+    pub fn similar(&self, proposal: u64, params: &SearchParams) -> Result<SearchResult> {
+        let v = self
+            .index()
+            .proposal_vector(proposal)?
+            .ok_or_else(|| SpotterError::NotFound(format!("no proposal {proposal}")))?;
+        let concept = similar_concept(self.scoring(), proposal, &v)?;
+        self.concepts.run(&[concept], &[], params, Some(proposal))
+    }
+
+    /// Runs a query and groups its hits by image: each image with all its matching boxes,
+    /// ranked by its best hit; `params.k`/`offset` count images.
+    pub fn search_images(&self, query: &Query, params: &SearchParams) -> Result<ImageResult> {
+        let mut object_params = params.clone();
+        object_params.offset = 0;
+        object_params.k = ((params.offset + params.k + 1) * 4).max(64);
+        loop {
+            params.cancel.check()?;
+            let result = self.search(query, &object_params)?;
+            let complete = result.next_offset.is_none();
+            let ImageResult {
+                images: groups,
+                threshold,
+                timings,
+                ..
+            } = group_by_image(result);
+            if groups.len() > params.offset + params.k || complete {
+                let more = groups.len() > params.offset + params.k;
+                let images: Vec<ImageHit> = groups
+                    .into_iter()
+                    .skip(params.offset)
+                    .take(params.k)
+                    .collect();
+                return Ok(ImageResult {
+                    next_offset: more.then_some(params.offset + params.k),
+                    images,
+                    threshold,
+                    timings,
+                });
+            }
+            object_params.k *= 4;
+        }
+    }
+}
+
+/// The "more like this" concept of proposal `id` with stored vector `stored`: its embedding's
+/// direction as a text query vector (so scores are on the model's own scale).
+fn similar_concept(scoring: &Scoring, id: u64, stored: &[f32]) -> Result<Concept> {
+    let parts = spotter_model::StoredVectorRef::new(stored).ok_or_else(|| {
+        SpotterError::from(spotter_indexer::IndexError::Corrupt {
+            what: format!("proposal {id}"),
+            message: "its stored vector holds no embedding".into(),
+        })
+    })?;
+    let norm = parts.norm().max(1e-12);
+    let t: Vec<f32> = parts.embedding().iter().map(|x| x / norm).collect();
+    Ok(Concept {
+        label: format!("like #{id}"),
+        weight: 1.0,
+        vector: Arc::new(scoring.query_vector(&t)),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use spotter_indexer::records::{ImageRecord, ImageStatus, IndexMeta, ProposalRecord};
+    use spotter_indexer::{EmbeddedEngine, RelPath};
+    use spotter_model::manifest::{Activation, LevelScoring, ScoringSpec};
+
+    const D: usize = 32;
+    const LEVELS: [(f32, f32); 3] = [(9.0, -4.0), (7.0, -3.0), (5.0, -2.5)];
+
+    struct Rng(u64);
+    impl Rng {
+        fn next(&mut self) -> f32 {
+            self.0 = self
+                .0
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            ((self.0 >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
+        }
+        fn unit(&mut self) -> Vec<f32> {
+            let mut v: Vec<f32> = (0..D).map(|_| self.next()).collect();
+            let n = dot(&v, &v).sqrt();
+            v.iter_mut().for_each(|x| *x /= n);
+            v
+        }
+    }
+
+    fn scoring() -> Scoring {
+        Scoring::new(&ScoringSpec {
+            activation: Activation::Sigmoid,
+            levels: LEVELS
+                .iter()
+                .map(|&(scale, bias)| LevelScoring {
+                    stride: None,
+                    scale,
+                    bias,
+                })
+                .collect(),
+            default_threshold: 0.05,
+        })
+    }
+
+    /// A quantised index of `images` random images (1–4 proposals each, three levels; every
+    /// 50th image 4000 px wide, the others 640) in a temporary folder.
+    fn index(images: u64) -> (tempfile::TempDir, ConceptSearch) {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let meta = IndexMeta {
+            model: "test".into(),
+            manifest_hash: "0".repeat(64),
+            vector_dim: D + 1,
+            half_precision: false,
+            hnsw_m: 16,
+            hnsw_ef_construction: 100,
+        };
+        let index = Index::create(
+            dir.path(),
+            &meta,
+            &[std::path::PathBuf::from("/archive")],
+            EmbeddedEngine::Quantised,
+        )
+        .expect("create index");
+        let scoring = scoring();
+        let mut rng = Rng(7);
+        for id in 1..=images {
+            let n = 1 + (id % 4) as usize;
+            let proposals: Vec<(ProposalRecord, Vec<f32>)> = (0..n)
+                .map(|rank| {
+                    let level = (id as usize + rank) % LEVELS.len();
+                    let p = ProposalRecord {
+                        image: 0,
+                        bbox: [0.0, 0.0, 10.0, 10.0],
+                        objectness: 0.5,
+                        level: level as u32,
+                        vector: spotter_indexer::records::StoredVector::InVectorIndex,
+                    };
+                    (p, scoring.stored_vector(&rng.unit(), level))
+                })
+                .collect();
+            let record = ImageRecord {
+                root: 0,
+                rel_path: RelPath::from_relative(std::path::Path::new(&format!(
+                    "{}/{id}.jpg",
+                    if id % 3 == 0 { "cats" } else { "dogs" }
+                ))),
+                size: 1,
+                mtime_ns: 0,
+                hash: [0; 32],
+                width: if id % 50 == 0 { 4000 } else { 640 },
+                height: 480,
+                status: ImageStatus::Indexed,
+                proposals: n as u32,
+            };
+            index
+                .commit_image(id, &record, &proposals, None)
+                .expect("commit");
+        }
+        index.persist().expect("persist");
+        (dir, ConceptSearch::new(Arc::new(index), scoring))
+    }
+
+    fn concept(label: &str, weight: f32, t: Vec<f32>) -> Concept {
+        let mut q = t;
+        q.push(1.0);
+        Concept {
+            label: label.into(),
+            weight,
+            vector: Arc::new(q),
+        }
+    }
+
+    fn params(k: usize, offset: usize) -> SearchParams {
+        SearchParams {
+            k,
+            offset,
+            threshold: None,
+            ef: None,
+            filters: Filters::default(),
+            cancel: Cancel::new(),
+        }
+    }
+
+    /// The exact answer by the rule the engine documents, over every stored proposal (with the
+    /// vectors the index gives back, so that equal inputs give equal floats): (id, score,
+    /// concept) best first.
+    fn exact(
+        search: &ConceptSearch,
+        positives: &[Concept],
+        negatives: &[Arc<Vec<f32>>],
+        params: &SearchParams,
+    ) -> Vec<(u64, f32, String)> {
+        let index = search.index();
+        let threshold = params.threshold.unwrap_or(0.05);
+        let mut all = Vec::new();
+        for image in index.images() {
+            let (id, _) = image.expect("image");
+            let ids: Vec<u64> = index
+                .proposals_of(id)
+                .expect("proposals")
+                .into_iter()
+                .map(|(pid, _, _)| pid)
+                .collect();
+            for record in index.hit_records(&ids).expect("records") {
+                if !params.filters.accepts(&record) {
+                    continue;
+                }
+                let v = &record.vector;
+                let (mut best, mut rank, mut label) = (f32::MIN, f32::MIN, String::new());
+                for c in positives {
+                    let p = search.scoring().probability(dot(&c.vector, v));
+                    if p * c.weight > rank {
+                        (best, rank, label) = (p, p * c.weight, c.label.clone());
+                    }
+                }
+                let negated = negatives
+                    .iter()
+                    .any(|n| search.scoring().probability(dot(n, v)) > best);
+                if best >= threshold && !negated {
+                    all.push((record.id, best, rank, label));
+                }
+            }
+        }
+        all.sort_by(|a, b| b.2.total_cmp(&a.2).then(a.0.cmp(&b.0)));
+        all.into_iter().map(|(id, s, _, l)| (id, s, l)).collect()
+    }
+
+    fn page_of(result: &SearchResult) -> Vec<(u64, f32, String)> {
+        result
+            .hits
+            .iter()
+            .map(|h| (h.proposal, h.score, h.concept.clone()))
+            .collect()
+    }
+
+    #[test]
+    fn pages_walk_the_exact_ranking_to_its_end() {
+        let (_dir, search) = index(400);
+        let mut rng = Rng(11);
+        for _ in 0..3 {
+            let positives = [concept("a", 1.0, rng.unit())];
+            let want = exact(&search, &positives, &[], &params(10, 0));
+            assert!(
+                want.len() > 40,
+                "the test needs several pages: {}",
+                want.len()
+            );
+            let mut got = Vec::new();
+            let mut offset = Some(0);
+            while let Some(at) = offset {
+                let result = search.run(&positives, &[], &params(10, at), None).unwrap();
+                assert!(result.hits.len() == 10 || result.next_offset.is_none());
+                got.extend(page_of(&result));
+                offset = result.next_offset;
+            }
+            assert_eq!(got, want);
+        }
+    }
+
+    #[test]
+    fn a_filter_that_keeps_two_percent_still_fills_its_page() {
+        let (_dir, search) = index(1000);
+        let mut p = params(15, 0);
+        p.filters.min_width = Some(3000);
+        p.threshold = Some(0.001);
+        let positives = [concept("a", 1.0, Rng(5).unit())];
+        let want = exact(&search, &positives, &[], &p);
+        assert!(want.len() > 15, "{}", want.len());
+        let result = search.run(&positives, &[], &p, None).unwrap();
+        assert_eq!(page_of(&result), want[..15].to_vec());
+        assert_eq!(result.next_offset, Some(15));
+        let mut p = params(15, 0);
+        p.filters.path_prefix = Some("cats/".into());
+        let want = exact(&search, &positives, &[], &p);
+        let result = search.run(&positives, &[], &p, None).unwrap();
+        assert_eq!(page_of(&result), want[..15].to_vec());
+        assert!(result.hits.iter().all(|h| h.path.starts_with("cats/")));
+    }
+
+    #[test]
+    fn weights_rank_and_negatives_drop_by_the_documented_rule() {
+        let (_dir, search) = index(400);
+        let mut rng = Rng(23);
+        let positives = [
+            concept("strong", 1.0, rng.unit()),
+            concept("weak", 0.5, rng.unit()),
+        ];
+        let negatives = [Arc::new({
+            let mut q = rng.unit();
+            q.push(1.0);
+            q
+        })];
+        let want = exact(&search, &positives, &negatives, &params(50, 0));
+        let unfiltered = exact(&search, &positives, &[], &params(50, 0));
+        assert!(
+            want.len() < unfiltered.len(),
+            "the negative removes some hits"
+        );
+        assert!(want.iter().any(|h| h.2 == "weak") && want.iter().any(|h| h.2 == "strong"));
+        let result = search
+            .run(&positives, &negatives, &params(50, 0), None)
+            .unwrap();
+        assert_eq!(page_of(&result), want[..50.min(want.len())].to_vec());
+    }
+
+    #[test]
+    fn threshold_exclusion_and_cancellation() {
+        let (_dir, search) = index(200);
+        let positives = [concept("a", 1.0, Rng(3).unit())];
+        let mut p = params(10, 0);
+        p.threshold = Some(0.9999);
+        let none = search.run(&positives, &[], &p, None).unwrap();
+        assert!(none.hits.is_empty() && none.next_offset.is_none());
+        let top = search.run(&positives, &[], &params(5, 0), None).unwrap();
+        let first = top.hits[0].proposal;
+        let without = search
+            .run(&positives, &[], &params(5, 0), Some(first))
+            .unwrap();
+        assert_eq!(without.hits[0].proposal, top.hits[1].proposal);
+        assert!(without.hits.iter().all(|h| h.proposal != first));
+        let cancelled = params(5, 0);
+        cancelled.cancel.cancel();
+        assert!(matches!(
+            search.run(&positives, &[], &cancelled, None),
+            Err(SpotterError::Cancelled)
+        ));
+    }
+
+    #[test]
+    fn more_like_this_scores_its_source_at_the_level_maximum() {
+        let scoring = scoring();
+        let e = Rng(9).unit();
+        for (level, &(scale, bias)) in LEVELS.iter().enumerate() {
+            let stored = scoring.stored_vector(&e, level);
+            let c = similar_concept(&scoring, 42, &stored).unwrap();
+            assert_eq!(c.label, "like #42");
+            let logit = dot(&c.vector, &stored);
+            assert!((logit - (scale + bias)).abs() < 1e-4, "{logit}");
+        }
+        assert!(similar_concept(&scoring, 1, &[0.5]).is_err());
     }
 }

@@ -93,7 +93,7 @@ fn broken_files_are_reported_and_skipped_and_the_rest_is_indexed() {
         })
         .collect();
     let mut statuses: HashMap<String, ImageStatus> = HashMap::new();
-    for image in index.store().images() {
+    for image in index.images() {
         let (_, record) = image.unwrap();
         statuses.insert(record.rel_path.display(), record.status.clone());
     }
@@ -130,7 +130,6 @@ fn broken_files_are_reported_and_skipped_and_the_rest_is_indexed() {
     }
     // Sizes are the displayed ones.
     let wide = index
-        .store()
         .image_by_path(0, &"wide_20000x300.png".into())
         .unwrap()
         .unwrap()

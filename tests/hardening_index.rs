@@ -109,7 +109,7 @@ impl Progress for Probe<'_> {
     fn file_done(&self, _path: &Path, _proposals: usize, _failed: bool) {
         // A slow archive: each file takes 250 ms, so a run of 12 files lasts 3 s.
         std::thread::sleep(Duration::from_millis(250));
-        let live = self.index.vectors().len().expect("count vectors");
+        let live = self.index.vector_count().expect("count vectors");
         self.seen.lock().unwrap().push(live);
     }
 }
@@ -317,7 +317,7 @@ fn non_utf8_file_names_are_distinct_records() {
     // The full path the server opens is the real file.
     let index = Index::open(&dir).unwrap();
     let mut found = Vec::new();
-    for image in index.store().images() {
+    for image in index.images() {
         let (id, _) = image.unwrap();
         let info = index.image_info(id).unwrap().expect("indexed image");
         assert!(info.path.is_file(), "{}", info.path.display());

@@ -59,14 +59,13 @@ fn index_once(
 fn content(dir: &Path) -> BTreeMap<String, Vec<[i64; 5]>> {
     let index = Index::open(dir).unwrap();
     let mut out = BTreeMap::new();
-    for image in index.store().images() {
+    for image in index.images() {
         let (id, record) = image.unwrap();
         let mut props: Vec<[i64; 5]> = index
-            .store()
             .proposals_of(id)
             .unwrap()
             .into_iter()
-            .map(|(_, p)| {
+            .map(|(_, p, _)| {
                 let b = p.bbox;
                 [b[0], b[1], b[2], b[3], p.objectness * 100.0]
                     .map(|v| (v * 10.0).round() as i64 / 10)
@@ -82,8 +81,8 @@ fn content(dir: &Path) -> BTreeMap<String, Vec<[i64; 5]>> {
     }
     // No lost and no duplicated vectors.
     assert_eq!(
-        index.vectors().len().unwrap(),
-        index.store().counts().1,
+        index.vector_count().unwrap(),
+        index.record_counts().1,
         "vectors vs stored proposals"
     );
     out
@@ -166,7 +165,7 @@ fn incremental_runs_recognise_unchanged_moved_copied_changed_and_deleted_files()
         "deleted and changed files leave tombstones"
     );
     index.compact().unwrap();
-    assert_eq!(index.vectors().tombstones().unwrap(), 0);
+    assert_eq!(index.deleted_vectors().unwrap(), 0);
     drop(index);
     assert_eq!(content(&dir).len(), 10);
 }

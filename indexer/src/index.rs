@@ -11,7 +11,9 @@ use crate::ivf::{IvfParams, IvfVectors};
 use crate::records::{ImageRecord, IndexMeta, ProposalRecord, StoredVector};
 use crate::relpath::RelPath;
 use crate::store::Store;
-use crate::vectors::{HitPayload, HnswParams, HnswVectors, PayloadStore, VectorEntry, VectorIndex};
+use crate::vectors::{
+    HitPayload, HnswParams, HnswVectors, Neighbour, PayloadStore, VectorEntry, VectorIndex,
+};
 
 /// The embedded vector engine of an index folder.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -669,14 +671,80 @@ impl Index {
         &self.dir
     }
 
-    /// The store.
-    pub fn store(&self) -> &Store {
-        &self.store
+    /// Every image record (indexed and failed), in id order.
+    pub fn images(&self) -> impl Iterator<Item = Result<(u64, ImageRecord)>> + '_ {
+        self.store.images()
     }
 
-    /// The vector index.
-    pub fn vectors(&self) -> &dyn VectorIndex {
-        self.vectors.as_ref()
+    /// Image `id`'s record, if it exists.
+    pub fn image(&self, id: u64) -> Result<Option<ImageRecord>> {
+        self.store.image(id)
+    }
+
+    /// The record at `rel` under root `root`, with its id.
+    pub fn image_by_path(&self, root: u32, rel: &RelPath) -> Result<Option<(u64, ImageRecord)>> {
+        self.store.image_by_path(root, rel)
+    }
+
+    /// The record of the file at absolute `path`, found under whichever archive root holds it.
+    pub fn image_at(&self, path: &Path) -> Result<Option<(u64, ImageRecord)>> {
+        for (id, root) in self.store.roots()? {
+            if let Ok(rel) = path.strip_prefix(&root) {
+                if let Some(found) = self.store.image_by_path(id, &RelPath::from_relative(rel))? {
+                    return Ok(Some(found));
+                }
+            }
+        }
+        Ok(None)
+    }
+
+    /// Records with content hash `hash` (copies of one file).
+    pub fn images_with_hash(&self, hash: &[u8; 32]) -> Result<Vec<(u64, ImageRecord)>> {
+        self.store.images_with_hash(hash)
+    }
+
+    /// The archive roots this index knows, with their ids.
+    pub fn roots(&self) -> Result<Vec<(u32, PathBuf)>> {
+        self.store.roots()
+    }
+
+    /// The id of archive root `root` (canonical path), registering it when new.
+    pub fn register_root(&self, root: &Path) -> Result<u32> {
+        self.store.root_id(root)
+    }
+
+    /// Records what the walk of `root` could not reach this run (replacing the last run's).
+    pub fn set_walk_problems(
+        &self,
+        root: &Path,
+        problems: &[crate::pipeline::Failure],
+    ) -> Result<()> {
+        self.store.set_walk_problems(root, problems)
+    }
+
+    /// Image and proposal records in the store.
+    pub fn record_counts(&self) -> (usize, usize) {
+        self.store.counts()
+    }
+
+    /// Live vectors in the vector engine (this folder's and, with a shared engine, others').
+    pub fn vector_count(&self) -> Result<usize> {
+        self.vectors.len()
+    }
+
+    /// Deleted vectors not yet compacted away.
+    pub fn deleted_vectors(&self) -> Result<usize> {
+        self.vectors.tombstones()
+    }
+
+    /// The `k` proposals with the highest logit `q · v` (`ef`: search breadth), best first.
+    pub fn search_vectors(&self, q: &[f32], k: usize, ef: usize) -> Result<Vec<Neighbour>> {
+        self.vectors.search(q, k, ef)
+    }
+
+    /// The vector engine in words (kind, parameters, layout).
+    pub fn describe_vectors(&self) -> String {
+        self.vectors.describe()
     }
 
     /// The vector engine and shard of this folder.
@@ -1150,7 +1218,7 @@ mod tests {
                 .commit_image(2, &record("b.jpg", 2), &b, None)
                 .unwrap();
             index.flush_vectors().unwrap();
-            assert_eq!(index.vectors().len().unwrap(), 5);
+            assert_eq!(index.vectors.len().unwrap(), 5);
             // Readers get the vectors back whichever engine holds them.
             let got = index.proposals_of(1).unwrap();
             assert_eq!(got.len(), 3);
@@ -1160,7 +1228,7 @@ mod tests {
             }
             let stored_in_sled = matches!(
                 index
-                    .store()
+                    .store
                     .proposal(proposal_id(1, 0))
                     .unwrap()
                     .unwrap()
@@ -1178,8 +1246,8 @@ mod tests {
                 .commit_image(3, &record("a.jpg", 1), &a2, Some((1, &ra)))
                 .unwrap();
             index.flush_vectors().unwrap();
-            assert_eq!(index.vectors().len().unwrap(), 3);
-            let search = index.vectors().search(&a[0].1, 10, 64).unwrap();
+            assert_eq!(index.vectors.len().unwrap(), 3);
+            let search = index.vectors.search(&a[0].1, 10, 64).unwrap();
             assert!(search.iter().all(|n| n.id >> 16 != 1), "{search:?}");
             // Moves keep the proposals; removals drop both sides.
             let moved = record("c/b.jpg", 2);
@@ -1189,12 +1257,12 @@ mod tests {
                 moved.rel_path
             );
             index.remove_image(3, &record("a.jpg", 1)).unwrap();
-            assert_eq!(index.vectors().len().unwrap(), 2);
-            assert_eq!(index.store().counts(), (1, 2));
+            assert_eq!(index.vectors.len().unwrap(), 2);
+            assert_eq!(index.store.counts(), (1, 2));
             index.persist().unwrap();
             drop(index);
             let index = Index::open(&dir).unwrap();
-            assert_eq!(index.vectors().len().unwrap(), 2);
+            assert_eq!(index.vectors.len().unwrap(), 2);
             assert_eq!(index.proposals_of(2).unwrap().len(), 2);
             let _ = std::fs::remove_dir_all(&dir);
         }
@@ -1230,27 +1298,27 @@ mod tests {
         }
         let index = Index::open(&dir).unwrap();
         assert_eq!(
-            index.store().counts(),
+            index.store.counts(),
             (1, 2),
             "image 2 dropped, to be indexed again"
         );
-        assert!(index.store().image(2).unwrap().is_none());
-        assert_eq!(index.vectors().len().unwrap(), 2);
+        assert!(index.store.image(2).unwrap().is_none());
+        assert_eq!(index.vectors.len().unwrap(), 2);
         drop(index);
 
         // A crash after the vectors but before the sled commit leaves orphans: removed at open.
         let index = Index::open(&dir).unwrap();
         index
-            .vectors()
+            .vectors
             .insert(&[VectorEntry::bare(
                 proposal_id(9, 0),
                 proposals(1, 9)[0].1.clone(),
             )])
             .unwrap();
-        index.vectors().persist().unwrap();
+        index.vectors.persist().unwrap();
         drop(index);
         let index = Index::open(&dir).unwrap();
-        assert_eq!(index.vectors().len().unwrap(), 2);
+        assert_eq!(index.vectors.len().unwrap(), 2);
         let _ = std::fs::remove_dir_all(&dir);
     }
 

@@ -20,7 +20,7 @@ pub mod pipeline;
 pub mod quant;
 pub mod records;
 pub mod relpath;
-pub mod store;
+pub(crate) mod store;
 pub mod vectors;
 pub mod walk;
 

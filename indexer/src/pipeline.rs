@@ -206,7 +206,6 @@ pub fn run(
             (1u32 << PROPOSAL_BITS) - 1
         )));
     }
-    let store = index.store();
 
     // Walk and plan.
     let mut work = Vec::new();
@@ -233,7 +232,7 @@ pub fn run(
                 continue;
             }
         };
-        let root_id = store.root_id(&root)?;
+        let root_id = index.register_root(&root)?;
         progress.note(&format!("scanning {}", root.display()));
         let (files, problems) = walk(&root, &request.walk)?;
         let problems: Vec<Failure> = problems
@@ -260,7 +259,7 @@ pub fn run(
         let mut seen = std::collections::HashSet::with_capacity(files.len());
         for file in files {
             seen.insert(file.rel_path.clone());
-            let previous = store.image_by_path(root_id, &file.rel_path)?;
+            let previous = index.image_by_path(root_id, &file.rel_path)?;
             let unchanged = previous.as_ref().is_some_and(|(_, r)| {
                 r.size == file.size
                     && r.mtime_ns == file.mtime_ns
@@ -277,7 +276,7 @@ pub fn run(
             }
         }
         let mut records = 0;
-        for image in store.images() {
+        for image in index.images() {
             let (id, record) = image?;
             if record.root != root_id {
                 continue;
@@ -398,12 +397,12 @@ pub fn run(
     }
     // This run's walk problems replace the previous run's, root by root.
     for root in &roots {
-        store.set_walk_problems(&root.key, &root.problems)?;
+        index.set_walk_problems(&root.key, &root.problems)?;
         report.walk_problems.extend(root.problems.iter().cloned());
     }
 
-    let tombstones = index.vectors().tombstones()?;
-    if tombstones > 1000 && tombstones * 5 > index.vectors().len()? {
+    let tombstones = index.deleted_vectors()?;
+    if tombstones > 1000 && tombstones * 5 > index.vector_count()? {
         progress.note("compacting the vector index (over 20% deleted)");
         index.compact()?;
     }
@@ -506,7 +505,7 @@ fn prepare(
         }
     }
     // A copy of an indexed file.
-    let same = match index.store().images_with_hash(&hash) {
+    let same = match index.images_with_hash(&hash) {
         Ok(same) => same,
         Err(e) => return Prepared::Broken(e),
     };
@@ -716,13 +715,10 @@ fn write_all(
                 (item.file.path, 0, false)
             }
             Written::Other(Prepared::Copied { item, hash, source }) => {
-                let src = index
-                    .store()
-                    .image(source)?
-                    .ok_or_else(|| IndexError::Corrupt {
-                        what: format!("image {source}"),
-                        message: "vanished while copying".into(),
-                    })?;
+                let src = index.image(source)?.ok_or_else(|| IndexError::Corrupt {
+                    what: format!("image {source}"),
+                    message: "vanished while copying".into(),
+                })?;
                 let records: Vec<(ProposalRecord, Vec<f32>)> = index
                     .proposals_of(source)?
                     .into_iter()

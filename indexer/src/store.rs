@@ -269,15 +269,6 @@ impl Store {
         })
     }
 
-    /// Iterates every proposal.
-    pub fn proposals(&self) -> impl Iterator<Item = Result<(u64, ProposalRecord)>> + '_ {
-        self.proposals.iter().map(move |entry| {
-            let (k, v) = entry.map_err(|e| self.err(e))?;
-            let id = id_of(&k)?;
-            Ok((id, decode(&v, &format!("proposal {id}"))?))
-        })
-    }
-
     /// Iterates every proposal id (keys only).
     pub fn proposal_ids(&self) -> impl Iterator<Item = Result<u64>> + '_ {
         self.proposals
@@ -395,11 +386,6 @@ impl Store {
     pub fn flush(&self) -> Result<()> {
         self.db.flush().map_err(|e| self.err(e))?;
         Ok(())
-    }
-
-    /// Bytes used on disk by the database.
-    pub fn size_on_disk(&self) -> u64 {
-        self.db.size_on_disk().unwrap_or(0)
     }
 }
 

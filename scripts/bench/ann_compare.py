@@ -287,7 +287,7 @@ def run_spotter(files, args, engine="spotter-hnsw"):
 def run_milvus(files, name, n, args):
     """Spotter's Milvus engine through bench_vectors --engine milvus://… (a fresh collection)."""
     address = os.environ.get("SPOTTER_BENCH_MILVUS", "127.0.0.1:19530")
-    collection = f"bench_{name}_{n}_{int(time.time())}"
+    collection = args.milvus_collection or f"bench_{name}_{n}_{int(time.time())}"
     cmd = [
         str(SPOTTER_BIN), "--vectors", str(files["base"]), "--queries", str(files["queries"]),
         "--ground-truth", str(files["gt"]), "--m", str(args.m), "--ef-construction", str(args.ef_construction),
@@ -614,6 +614,8 @@ def main() -> None:
     ap.add_argument("--max-seconds", type=float, default=15.0, help="cap on one query setting (exact scan, Spotter)")
     ap.add_argument("--max-build-s", type=float, default=600.0, help="skip an engine whose extrapolated build exceeds this")
     ap.add_argument("--out", default=str(OUT), help="folder for data, JSON and report")
+    ap.add_argument("--milvus-collection", default="",
+                    help="measure this existing collection of an earlier run (same vectors) instead of building a fresh one")
     ap.add_argument("--milvus-index", default="",
                     help="Milvus index of the milvus engine as in Spotter's URL, e.g. 'ivf_sq8&nlist=1024' (default HNSW)")
     ap.add_argument("--report-only", action="store_true")

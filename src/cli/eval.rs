@@ -182,17 +182,12 @@ fn from_index(
             path: images_dir.to_path_buf(),
             source,
         })?;
-    let roots = index.store().roots()?;
     let mut truth = truth_of(coco);
     let mut evaluated = Vec::with_capacity(coco.images.len());
     let mut missing = Vec::new();
     for image in &coco.images {
         let path = images_dir.join(&image.file_name);
-        let found = roots.iter().find_map(|(id, root)| {
-            let rel = path.strip_prefix(root).ok()?;
-            let rel = spotter_indexer::RelPath::from_relative(rel);
-            index.store().image_by_path(*id, &rel).ok().flatten()
-        });
+        let found = index.image_at(&path)?;
         let mut proposals = Vec::new();
         match found {
             Some((id, _)) => {

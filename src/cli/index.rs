@@ -149,7 +149,7 @@ pub fn run(args: &IndexArgs) -> Result<()> {
             "{} searches {} ({} vectors); serve it with: spotter serve --index {}",
             args.index.display(),
             index.backend().vectors,
-            index.vectors().len()?,
+            index.vector_count()?,
             args.index.display()
         );
         return Ok(());
@@ -355,11 +355,11 @@ pub struct CompactArgs {
 /// Runs `spotter compact`.
 pub fn compact(args: &CompactArgs) -> Result<()> {
     let index = Index::open(&args.index)?;
-    let before = index.vectors().tombstones()?;
+    let before = index.deleted_vectors()?;
     index.compact()?;
     println!(
         "dropped {before} deleted vectors; {} live",
-        index.vectors().len()?
+        index.vector_count()?
     );
     Ok(())
 }
