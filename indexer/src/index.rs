@@ -1146,59 +1146,17 @@ fn open_milvus(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::records::{proposal_id, ImageStatus};
+    use crate::records::proposal_id;
 
-    const D: usize = 16;
+    use crate::test_support::{proposals, record, test_meta, D};
+
+    /// A temporary folder, removed when the returned guard drops.
+    fn temp() -> tempfile::TempDir {
+        tempfile::tempdir().expect("temp dir")
+    }
 
     fn meta() -> IndexMeta {
-        IndexMeta {
-            model: "test".into(),
-            manifest_hash: "0".repeat(64),
-            vector_dim: D + 1,
-            half_precision: false,
-            hnsw_m: 16,
-            hnsw_ef_construction: 100,
-        }
-    }
-
-    fn temp(name: &str) -> PathBuf {
-        let dir = std::env::temp_dir().join(format!("spotter-index-{name}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        dir
-    }
-
-    fn record(path: &str, proposals: u32) -> ImageRecord {
-        ImageRecord {
-            root: 0,
-            rel_path: RelPath::from_relative(Path::new(path)),
-            size: 1,
-            mtime_ns: 0,
-            hash: [path.len() as u8; 32],
-            width: 100,
-            height: 100,
-            status: ImageStatus::Indexed,
-            proposals,
-        }
-    }
-
-    /// `n` proposals with distinct vectors (seeded by `seed`).
-    fn proposals(n: usize, seed: u64) -> Vec<(ProposalRecord, Vec<f32>)> {
-        (0..n)
-            .map(|i| {
-                let mut v: Vec<f32> = (0..D)
-                    .map(|j| (((seed * 31 + i as u64 * 7 + j as u64 * 13) % 17) as f32 - 8.0) / 8.0)
-                    .collect();
-                v.push(-2.0);
-                let p = ProposalRecord {
-                    image: 0,
-                    bbox: [0.0, 0.0, 10.0, 10.0],
-                    objectness: 0.5,
-                    level: 0,
-                    vector: StoredVector::InVectorIndex,
-                };
-                (p, v)
-            })
-            .collect()
+        test_meta()
     }
 
     fn close(a: &[f32], b: &[f32]) -> bool {
@@ -1208,7 +1166,8 @@ mod tests {
     #[test]
     fn every_engine_keeps_store_and_vectors_in_step_through_commit_replace_move_and_remove() {
         for engine in [EmbeddedEngine::Quantised, EmbeddedEngine::Hnsw] {
-            let dir = temp(engine.name());
+            let tmp = temp();
+            let dir = tmp.path().to_path_buf();
             let roots = [PathBuf::from("/archive")];
             let index = Index::create(&dir, &meta(), &roots, engine).unwrap();
             let (a, b) = (proposals(3, 1), proposals(2, 2));
@@ -1270,7 +1229,8 @@ mod tests {
 
     #[test]
     fn lost_vector_files_drop_their_images_for_re_indexing_and_orphans_are_removed() {
-        let dir = temp("lost");
+        let tmp = temp();
+        let dir = tmp.path().to_path_buf();
         let index = Index::create(
             &dir,
             &meta(),
@@ -1324,7 +1284,8 @@ mod tests {
 
     #[test]
     fn the_engine_of_an_index_is_fixed_when_it_is_created() {
-        let dir = temp("engine");
+        let tmp = temp();
+        let dir = tmp.path().to_path_buf();
         let index = Index::create(&dir, &meta(), &[], EmbeddedEngine::Hnsw).unwrap();
         drop(index);
         let store = Store::open(&dir).unwrap();

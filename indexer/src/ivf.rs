@@ -1290,10 +1290,9 @@ mod tests {
             .collect()
     }
 
-    fn temp(name: &str) -> PathBuf {
-        let dir = std::env::temp_dir().join(format!("spotter-ivf-{name}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        dir
+    /// A temporary folder, removed when the returned guard drops.
+    fn temp() -> tempfile::TempDir {
+        tempfile::tempdir().expect("temp dir")
     }
 
     /// Recall@k of the index against the exact scan, and the largest logit error of the hits.
@@ -1324,7 +1323,8 @@ mod tests {
 
     #[test]
     fn scans_then_trains_lists_keeps_recall_and_exact_logits_across_reload_and_compaction() {
-        let (d, dir) = (64, temp("cycle"));
+        let tmp = temp();
+        let (d, dir) = (64, tmp.path().to_path_buf());
         let items = dataset(6000, d, 1);
         let params = IvfParams {
             train_at: 1500,
@@ -1412,7 +1412,8 @@ mod tests {
 
     #[test]
     fn a_torn_append_is_cut_and_unsaved_slots_rejoin_their_lists() {
-        let (d, dir) = (32, temp("torn"));
+        let tmp = temp();
+        let (d, dir) = (32, tmp.path().to_path_buf());
         let items = dataset(3000, d, 2);
         let params = IvfParams {
             train_at: 1000,
@@ -1458,7 +1459,8 @@ mod tests {
 
     #[test]
     fn ids_out_of_their_group_order_and_reinserted_ids_are_found() {
-        let (d, dir) = (8, temp("ids"));
+        let tmp = temp();
+        let (d, dir) = (8, tmp.path().to_path_buf());
         let params = IvfParams {
             train_at: 1000,
             min_probe: 8,

@@ -21,6 +21,8 @@ pub mod quant;
 pub mod records;
 pub mod relpath;
 pub(crate) mod store;
+#[cfg(test)]
+mod test_support;
 pub mod vectors;
 pub mod walk;
 

@@ -51,7 +51,9 @@ ROOT = Path(__file__).resolve().parents[2]
 VENV = ROOT / ".cache" / "annvenv"
 REQUIREMENTS = ROOT / "scripts" / "bench" / "ann_requirements.txt"
 OUT = ROOT / ".cache" / "bench" / "ann"
-SPOTTER_BIN = ROOT / "target" / "release" / "examples" / "bench_vectors"
+# $SPOTTER_BENCH_VECTORS: another build of the example (one with --features milvus, kept apart
+# from the target folder that other builds overwrite).
+SPOTTER_BIN = Path(os.environ.get("SPOTTER_BENCH_VECTORS", ROOT / "target" / "release" / "examples" / "bench_vectors"))
 ALL_DATASETS = ["starter", "wedetect", "random", "clustered"]
 ALL_ENGINES = ["exact", "spotter", "spotter-ivf", "hnswlib", "faiss-hnsw", "faiss-ivf",
                "faiss-ivf-sq8", "faiss-ivf-pq", "faiss-hnsw-sq"]
