@@ -9,7 +9,8 @@
 #   2. examples/make_fixture.rs copies its proposals (directions jittered) into a new index of N
 #      proposals through Index::commit_image, the indexer's own write path: the ingest rate;
 #   3. `spotter serve` on that index and on an empty one of the same model, 1000 distinct text
-#      queries each; RAM = the difference of their resident sets after the queries;
+#      queries each; RAM = the difference of their peak resident sets (VmHWM: opening included)
+#      after the queries (the current sets, VmRSS, are reported beside);
 #   4. disk = every byte in the index folder;
 #   5. examples/bench_volume.rs --index: recall@100 against an exact f32 scan of the stored
 #      vectors (200 queries) and single-thread ANN latency (1000 queries, k = 100).
@@ -47,7 +48,7 @@ echo "    $FIXTURE_LINE" >&2
 INGEST=$(sed -n 's/.*s (\([0-9.]*\) proposals\/s).*/\1/p' <<<"$FIXTURE_LINE")
 DISK=$(du -sb "$FIX" | cut -f1)
 
-# Resident set of `spotter serve` on $1 after 1000 distinct queries, in bytes.
+# Peak and current resident set of `spotter serve` on $1 after 1000 distinct queries, in bytes.
 serve_rss() {
   local idx=$1 port=$(( 20000 + RANDOM % 20000 )) pid rss
   # One malloc arena per thread count would make the resident set depend on scheduling.
@@ -64,22 +65,24 @@ for i in range(1000):
     with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/search?q={q}&k=100&threshold=0", timeout=120) as r:
         r.read()
 PYEOF
-  rss=$(awk '/^VmRSS:/ {printf "%.0f", $2 * 1024}' "/proc/$pid/status")
+  rss=$(awk '/^VmHWM:/ {h = $2} /^VmRSS:/ {r = $2} END {printf "%.0f %.0f", h * 1024, r * 1024}' "/proc/$pid/status")
   kill "$pid"; wait "$pid" 2>/dev/null || true
   echo "$rss"
 }
 echo "==> serve RSS after 1000 queries: the index, then an empty one" >&2
-RSS_FULL=$(serve_rss "$FIX")
-RSS_EMPTY=$(serve_rss "$EMPTY")
+read -r HWM_FULL RSS_FULL <<<"$(serve_rss "$FIX")"
+read -r HWM_EMPTY RSS_EMPTY <<<"$(serve_rss "$EMPTY")"
 echo "==> recall and latency of the vector engine (bench_volume --index)" >&2
 ENGINE_JSON=$(target/release/examples/bench_volume --index "$FIX" --queries 1000 --truth 200)
 
-"$PY" - "$ENGINE_JSON" "$N" "$NAME" "$INGEST" "$DISK" "$RSS_FULL" "$RSS_EMPTY" <<'PYEOF'
+"$PY" - "$ENGINE_JSON" "$N" "$NAME" "$INGEST" "$DISK" "$HWM_FULL" "$HWM_EMPTY" "$RSS_FULL" "$RSS_EMPTY" <<'PYEOF'
 import json, sys
 engine = json.loads(sys.argv[1])
-n, name, ingest, disk, full, empty = sys.argv[2], sys.argv[3], float(sys.argv[4]), int(sys.argv[5]), int(sys.argv[6]), int(sys.argv[7])
+n, name, ingest, disk = sys.argv[2], sys.argv[3], float(sys.argv[4]), int(sys.argv[5])
+full, empty, now_full, now_empty = (int(x) for x in sys.argv[6:10])
 proposals = engine["proposals"]
-print(f"model {name}: {proposals} proposals; serve RSS {full / 2**20:.0f} MiB (empty index {empty / 2**20:.0f} MiB), "
+print(f"model {name}: {proposals} proposals; serve peak RSS {full / 2**20:.0f} MiB (empty index {empty / 2**20:.0f} MiB), "
+      f"current {now_full / 2**20:.0f} MiB (empty {now_empty / 2**20:.0f} MiB), "
       f"disk {disk / 2**20:.0f} MiB", file=sys.stderr)
 print(json.dumps({
     "proposals": proposals,
@@ -91,7 +94,8 @@ print(json.dumps({
     "model": name,
     "max_logit_error": engine["max_logit_error"],
     "ann_p99_ms": round(engine["ann_p99_ms"], 3),
-    "serve_rss_bytes": full,
-    "empty_serve_rss_bytes": empty,
+    "ram_now_bytes_per_proposal": round((now_full - now_empty) / proposals, 1),
+    "serve_peak_rss_bytes": full,
+    "empty_serve_peak_rss_bytes": empty,
 }))
 PYEOF

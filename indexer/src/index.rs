@@ -505,6 +505,11 @@ impl Index {
     /// vector (the quantised engine, after a power loss before its files were synced), the
     /// image's record is dropped so that the next run indexes the file again.
     fn reconcile(&self) -> Result<()> {
+        if let Some(engine) = &self.quantised {
+            if self.reconcile_by_images(engine)? {
+                return Ok(());
+            }
+        }
         let in_vectors = self.vectors.ids()?;
         let mut in_store = HashSet::with_capacity(in_vectors.len());
         let mut missing = Vec::new();
@@ -919,6 +924,56 @@ impl Index {
         Ok(out)
     }
 
+    /// [`Index::reconcile`] for the quantised engine without holding every id in memory (at 1M
+    /// proposals two id sets and a scan of every proposal record through sled's cache cost
+    /// ~100 MB of peak memory at each open): each indexed image's proposal ids follow from its
+    /// record, and the engine answers membership from its own tables. Images whose vectors
+    /// were lost are dropped (the next run indexes them again). Returns `false`, having changed
+    /// nothing, when the engine holds vectors the images do not account for (orphans of a
+    /// crash between the vector write and the store commit); the general path removes them.
+    fn reconcile_by_images(&self, engine: &IvfVectors) -> Result<bool> {
+        let (mut expected, mut missing) = (0usize, 0usize);
+        let mut lost: Vec<(u64, ImageRecord)> = Vec::new();
+        let mut ids = Vec::new();
+        for image in self.store.images() {
+            let (id, record) = image?;
+            if record.proposals == 0 {
+                continue;
+            }
+            ids.clear();
+            ids.extend((0..record.proposals).map(|r| crate::records::proposal_id(id, r)));
+            expected += ids.len();
+            let absent = engine
+                .contains_each(&ids)?
+                .iter()
+                .filter(|held| !**held)
+                .count();
+            if absent > 0 {
+                missing += absent;
+                lost.push((id, record));
+            }
+        }
+        // Live vectors = expected − missing + orphans: orphans exist exactly when this differs.
+        // (An image's record and its proposal records are one transaction, so the records
+        // themselves agree; sled's own counts would scan every key.)
+        if engine.len()? + missing != expected {
+            return Ok(false);
+        }
+        if !lost.is_empty() {
+            tracing::warn!(
+                images = lost.len(),
+                "the vector files lost the vectors of some images (a crash before they were saved); \
+                 their records are dropped and the next `spotter index` run indexes them again"
+            );
+            for (id, record) in &lost {
+                self.remove_image(*id, record)?;
+            }
+            self.store.flush()?;
+            self.vectors.persist()?;
+        }
+        Ok(true)
+    }
+
     /// An image record through a per-call cache (proposals of one image come together).
     fn image_cached(
         &self,
@@ -1276,10 +1331,19 @@ mod tests {
             )])
             .unwrap();
         index.vectors.persist().unwrap();
-        drop(index);
+        let engine = index.quantised.clone().unwrap();
+        assert!(
+            !index.reconcile_by_images(&engine).unwrap(),
+            "an orphan needs the general path"
+        );
+        drop((index, engine));
         let index = Index::open(&dir).unwrap();
         assert_eq!(index.vectors.len().unwrap(), 2);
-        let _ = std::fs::remove_dir_all(&dir);
+        let engine = index.quantised.clone().unwrap();
+        assert!(
+            index.reconcile_by_images(&engine).unwrap(),
+            "a consistent index opens without id sets"
+        );
     }
 
     #[test]

@@ -840,6 +840,12 @@ impl IvfVectors {
         Ok((!trained.is_empty()).then(|| trained.iter().sum()))
     }
 
+    /// Which of `ids` are stored (live), in order; no other memory is used.
+    pub fn contains_each(&self, ids: &[u64]) -> Result<Vec<bool>> {
+        let state = self.read_lock()?;
+        Ok(ids.iter().map(|id| state.slot_of(*id).is_some()).collect())
+    }
+
     /// The stored vectors of `ids` (`None` for ids not stored), reconstructed from both codes.
     pub fn stored_vectors(&self, ids: &[u64]) -> Result<Vec<Option<Vec<f32>>>> {
         let state = self.read_lock()?;

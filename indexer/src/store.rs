@@ -159,28 +159,36 @@ impl Store {
         Ok(())
     }
 
-    /// The id of an archive root (absolute, canonical path), created on first use.
+    /// The id of an archive root (absolute, canonical path), created on first use. Two callers
+    /// registering different new roots at once (searches of a shared collection meeting other
+    /// machines' roots) get different ids: the new id is claimed with a compare-and-swap.
     pub fn root_id(&self, root: &Path) -> Result<u32> {
         let text = root_bytes(root);
-        for entry in self.roots.iter() {
-            let (k, v) = entry.map_err(|e| self.err(e))?;
-            if v.as_ref() == text.as_slice() {
-                let arr: [u8; 4] = k.as_ref().try_into().map_err(|_| IndexError::Corrupt {
-                    what: "root id".into(),
-                    message: "bad key".into(),
-                })?;
-                return Ok(u32::from_be_bytes(arr));
+        loop {
+            let mut next = 0u32;
+            for (id, path) in self.root_entries()? {
+                if path == text {
+                    return Ok(id);
+                }
+                next = next.max(id + 1);
             }
+            let claimed = self
+                .roots
+                .compare_and_swap(
+                    next.to_be_bytes(),
+                    None as Option<&[u8]>,
+                    Some(text.as_slice()),
+                )
+                .map_err(|e| self.err(e))?;
+            if claimed.is_ok() {
+                return Ok(next);
+            }
+            // Another caller took `next` meanwhile (perhaps for this same root): look again.
         }
-        let id = self.roots.len() as u32;
-        self.roots
-            .insert(id.to_be_bytes(), text.as_slice())
-            .map_err(|e| self.err(e))?;
-        Ok(id)
     }
 
-    /// All roots: id → path.
-    pub fn roots(&self) -> Result<Vec<(u32, PathBuf)>> {
+    /// Every root entry: id and the stored path bytes.
+    fn root_entries(&self) -> Result<Vec<(u32, Vec<u8>)>> {
         let mut out = Vec::new();
         for entry in self.roots.iter() {
             let (k, v) = entry.map_err(|e| self.err(e))?;
@@ -188,12 +196,18 @@ impl Store {
                 what: "root id".into(),
                 message: format!("{} bytes, expected 4", k.len()),
             })?;
-            out.push((
-                u32::from_be_bytes(arr),
-                RelPath::from_bytes(v.to_vec()).to_path(),
-            ));
+            out.push((u32::from_be_bytes(arr), v.to_vec()));
         }
         Ok(out)
+    }
+
+    /// All roots: id → path.
+    pub fn roots(&self) -> Result<Vec<(u32, PathBuf)>> {
+        Ok(self
+            .root_entries()?
+            .into_iter()
+            .map(|(id, bytes)| (id, RelPath::from_bytes(bytes).to_path()))
+            .collect())
     }
 
     /// A fresh, never reused image id.
@@ -436,6 +450,41 @@ mod tests {
             objectness: 0.9,
             level: 0,
             vector: StoredVector::new(&[1.0, 2.0], false),
+        }
+    }
+
+    #[test]
+    fn roots_registered_at_once_from_many_threads_get_distinct_ids() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let (threads, each) = (8, 40);
+        let start = std::sync::Barrier::new(threads);
+        let got: Vec<Vec<(PathBuf, u32)>> = std::thread::scope(|scope| {
+            let handles: Vec<_> = (0..threads)
+                .map(|t| {
+                    let (store, start) = (&store, &start);
+                    scope.spawn(move || {
+                        start.wait();
+                        (0..each)
+                            .flat_map(|i| {
+                                // Every thread also registers the shared roots.
+                                [format!("/machine-{t}/{i}"), format!("/shared/{i}")]
+                            })
+                            .map(|root| {
+                                let root = PathBuf::from(root);
+                                let id = store.root_id(&root).unwrap();
+                                (root, id)
+                            })
+                            .collect()
+                    })
+                })
+                .collect();
+            handles.into_iter().map(|h| h.join().unwrap()).collect()
+        });
+        let roots = store.roots().unwrap();
+        assert_eq!(roots.len(), threads * each + each, "one entry per distinct root");
+        for (root, id) in got.into_iter().flatten() {
+            assert!(roots.contains(&(id, root.clone())), "{} got {id}", root.display());
         }
     }
 
