@@ -29,6 +29,16 @@ pub enum SpotterError {
     /// Something inside Spotter failed that the caller could not have caused.
     #[error("internal error: {0}")]
     Internal(String),
+    /// The server that holds the index (see `served`) could not be reached or sent an answer
+    /// that is not JSON.
+    #[error("cannot talk to the Spotter server at {url}: {source}")]
+    Unreachable {
+        /// The request's URL.
+        url: String,
+        /// What went wrong.
+        #[source]
+        source: Box<ureq::Error>,
+    },
     /// An id that does not exist.
     #[error("{0}")]
     NotFound(String),

@@ -10,6 +10,7 @@ pub mod error;
 pub mod eval;
 pub mod lru;
 pub mod query;
+pub mod served;
 pub mod server;
 pub mod text_cache;
 

@@ -170,6 +170,10 @@ pub struct IndexStats {
     pub walk_problems: Vec<RootProblem>,
 }
 
+/// The file a running `spotter serve` keeps in the index folder it holds (its address, so other
+/// commands can reach it); not part of the index, so not counted in its size.
+pub const SERVER_RECORD: &str = "serve.json";
+
 /// An index folder: `db/` (sled) and, with an embedded engine, `vectors/`.
 ///
 /// The one reader and writer of both: every change of an image (commit, move, removal) goes
@@ -1156,6 +1160,7 @@ pub fn dir_size(dir: &Path) -> u64 {
     walkdir::WalkDir::new(dir)
         .into_iter()
         .filter_map(|e| e.ok())
+        .filter(|e| !(e.depth() == 1 && e.file_name() == SERVER_RECORD))
         .filter_map(|e| e.metadata().ok())
         .filter(|m| m.is_file())
         .map(|m| m.len())

@@ -482,9 +482,17 @@ mod tests {
             handles.into_iter().map(|h| h.join().unwrap()).collect()
         });
         let roots = store.roots().unwrap();
-        assert_eq!(roots.len(), threads * each + each, "one entry per distinct root");
+        assert_eq!(
+            roots.len(),
+            threads * each + each,
+            "one entry per distinct root"
+        );
         for (root, id) in got.into_iter().flatten() {
-            assert!(roots.contains(&(id, root.clone())), "{} got {id}", root.display());
+            assert!(
+                roots.contains(&(id, root.clone())),
+                "{} got {id}",
+                root.display()
+            );
         }
     }
 

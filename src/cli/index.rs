@@ -270,24 +270,92 @@ pub struct StatsArgs {
     pub failures: bool,
 }
 
-/// Runs `spotter stats`.
+/// Runs `spotter stats` (on the server that holds the index, when one does).
 pub fn stats(args: &StatsArgs) -> Result<()> {
-    let index = Index::open(&args.index)?;
-    let stats = index.stats()?;
+    let (mut doc, failures) = match crate::served::find(&args.index)? {
+        Some(server) => {
+            let mut doc = server.get("/api/stats")?;
+            if let Some(map) = doc.as_object_mut() {
+                // What the server adds about itself.
+                map.remove("default_threshold");
+                map.remove("text_cache");
+            }
+            let failures = match args.failures {
+                true => Some(server.get("/api/failures")?),
+                false => None,
+            };
+            (doc, failures)
+        }
+        None => {
+            let index = Index::open(&args.index)?;
+            let doc = json_of(&index.stats()?)?;
+            let failures = match args.failures {
+                true => Some(json_of(&index.failures()?)?),
+                false => None,
+            };
+            (doc, failures)
+        }
+    };
+    // The folder as this command was given it (a server may have been started elsewhere).
+    doc["dir"] = serde_json::Value::String(spotter_indexer::relpath::display_path(&args.index));
     if args.json {
-        let mut doc = serde_json::to_value(&stats)
-            .map_err(|e| SpotterError::Usage(format!("cannot print the stats as JSON: {e}")))?;
-        if args.failures {
-            doc["failures"] = serde_json::to_value(index.failures()?).map_err(|e| {
-                SpotterError::Usage(format!("cannot print the failures as JSON: {e}"))
-            })?;
+        if let Some(failures) = failures {
+            doc["failures"] = failures;
         }
         return super::print_json(&doc);
     }
-    println!("index       {}", super::terminal_path(&stats.dir));
-    println!("model       {}", super::terminal_safe(&stats.model));
+    let stats: StatsView = serde_json::from_value(doc)
+        .map_err(|e| SpotterError::Internal(format!("unexpected index statistics: {e}")))?;
+    let failures: Vec<ProblemView> = match failures {
+        Some(f) => serde_json::from_value(f)
+            .map_err(|e| SpotterError::Internal(format!("unexpected failure list: {e}")))?,
+        None => Vec::new(),
+    };
+    print_stats(&stats, args.failures.then_some(&failures[..]))
+}
+
+fn json_of<T: serde::Serialize>(value: &T) -> Result<serde_json::Value> {
+    serde_json::to_value(value)
+        .map_err(|e| SpotterError::Internal(format!("cannot encode as JSON: {e}")))
+}
+
+/// `IndexStats` as its JSON document says it (paths as displayed), for printing the same text
+/// from a local index and from a server's answer.
+#[derive(serde::Deserialize)]
+struct StatsView {
+    dir: String,
+    model: String,
+    roots: Vec<String>,
+    images: usize,
+    indexed: usize,
+    failed: usize,
+    proposals: usize,
+    vectors: usize,
+    tombstones: usize,
+    vector_dim: usize,
+    vector_storage: String,
+    vector_engine: String,
+    backend: String,
+    shard: Option<String>,
+    disk_bytes: u64,
+    walk_problems: Vec<ProblemView>,
+}
+
+/// A failed file or a walk problem as JSON says it (`root` only for walk problems).
+#[derive(serde::Deserialize)]
+struct ProblemView {
+    #[serde(default)]
+    root: String,
+    path: String,
+    reason: String,
+}
+
+fn print_stats(stats: &StatsView, failures: Option<&[ProblemView]>) -> Result<()> {
+    use super::terminal_safe as safe;
+    println!("index       {}", safe(&stats.dir));
+    println!("model       {}", safe(&stats.model));
     for root in &stats.roots {
-        println!("archive     {}", super::terminal_path(root));
+        println!("archive     {}", safe(root));
     }
     println!(
         "images      {} ({} indexed, {} failed)",
@@ -324,20 +392,16 @@ pub fn stats(args: &StatsArgs) -> Result<()> {
             stats.walk_problems.len()
         );
     }
-    if args.failures {
-        for f in index.failures()? {
-            println!(
-                "failed: {}: {}",
-                super::terminal_path(&f.path),
-                super::terminal_safe(&f.reason)
-            );
+    if let Some(failures) = failures {
+        for f in failures {
+            println!("failed: {}: {}", safe(&f.path), safe(&f.reason));
         }
         for p in &stats.walk_problems {
             println!(
                 "not walked: {}: {} (archive {})",
-                super::terminal_path(&p.path),
-                super::terminal_safe(&p.reason),
-                super::terminal_path(&p.root)
+                safe(&p.path),
+                safe(&p.reason),
+                safe(&p.root)
             );
         }
     }

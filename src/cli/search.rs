@@ -55,6 +55,9 @@ pub fn run(args: &SearchArgs) -> Result<()> {
             ));
         }
     }
+    if let Some(server) = crate::served::find(&args.index)? {
+        return print_hits(args, &served_search(args, &server)?);
+    }
     let index = Arc::new(Index::open(&args.index)?);
     let mut model = args.model.clone();
     model.model = index.meta().model.clone();
@@ -71,6 +74,7 @@ pub fn run(args: &SearchArgs) -> Result<()> {
         cancel: crate::engine::Cancel::new(),
     };
     let result = engine.search(&query, &params)?;
+    let mut hits = Vec::with_capacity(result.hits.len());
     for hit in &result.hits {
         // The full path for people: bytes that are not UTF-8 as `\xNN` (lossless, unlike
         // `to_string_lossy`); the text output also escapes control characters.
@@ -78,31 +82,106 @@ pub fn run(args: &SearchArgs) -> Result<()> {
             Some(info) => spotter_indexer::relpath::display_path(&info.path),
             None => hit.path.clone(),
         };
-        let b = hit.bbox;
-        if args.json {
-            let mut line = serde_json::to_value(hit)
-                .map_err(|e| SpotterError::Usage(format!("cannot print a hit as JSON: {e}")))?;
-            line["path"] = serde_json::Value::String(path);
-            println!("{line}");
-        } else {
-            println!(
-                "{:.3}  {}  ({:.0}, {:.0}, {:.0}, {:.0})  {}",
-                hit.score,
-                super::terminal_safe(&path),
-                b[0],
-                b[1],
-                b[2],
-                b[3],
-                super::terminal_safe(&hit.concept)
-            );
+        let mut json = serde_json::to_value(hit)
+            .map_err(|e| SpotterError::Internal(format!("cannot encode a hit as JSON: {e}")))?;
+        json["path"] = serde_json::Value::String(path);
+        hits.push(json);
+    }
+    let page = Page {
+        hits,
+        threshold: result.threshold,
+        next_offset: result.next_offset,
+    };
+    print_hits(args, &page)
+}
+
+/// One page of hits as the API sends them, each `path` the image's full path (as displayed).
+struct Page {
+    hits: Vec<serde_json::Value>,
+    threshold: f32,
+    next_offset: Option<usize>,
+}
+
+/// The same search on the server that holds the index: its page, with full paths made from
+/// the server's archive roots (`roots[hit.root]`) and the hits' paths inside them.
+fn served_search(args: &SearchArgs, server: &crate::served::ServedIndex) -> Result<Page> {
+    use crate::served::encode;
+    let mut query = format!(
+        "/api/search?q={}&k={}&offset={}",
+        encode(&args.query),
+        args.k,
+        args.offset
+    );
+    if let Some(t) = args.threshold {
+        query.push_str(&format!("&threshold={t}"));
+    }
+    if let Some(ef) = args.ef {
+        query.push_str(&format!("&ef={ef}"));
+    }
+    if let Some(prefix) = &args.path {
+        query.push_str(&format!("&path={}", encode(prefix)));
+    }
+    let answer = server.get(&query)?;
+    let stats = server.get("/api/stats")?;
+    let roots: Vec<&str> = stats["roots"]
+        .as_array()
+        .map(|r| r.iter().filter_map(|p| p.as_str()).collect())
+        .unwrap_or_default();
+    let bad = |what: &str| {
+        SpotterError::Internal(format!(
+            "the server at {} sent a search answer without {what}",
+            server.url()
+        ))
+    };
+    let mut hits = answer["hits"]
+        .as_array()
+        .cloned()
+        .ok_or_else(|| bad("hits"))?;
+    for hit in &mut hits {
+        let root = hit["root"].as_u64().and_then(|r| roots.get(r as usize));
+        let inside = hit["path"].as_str().ok_or_else(|| bad("a hit's path"))?;
+        if let Some(root) = root {
+            let full = format!("{}/{inside}", root.trim_end_matches('/'));
+            hit["path"] = serde_json::Value::String(full);
         }
     }
-    if result.hits.is_empty() && !args.json {
+    Ok(Page {
+        hits,
+        threshold: answer["threshold"]
+            .as_f64()
+            .ok_or_else(|| bad("its threshold"))? as f32,
+        next_offset: answer["next_offset"].as_u64().map(|n| n as usize),
+    })
+}
+
+fn print_hits(args: &SearchArgs, page: &Page) -> Result<()> {
+    for hit in &page.hits {
+        if args.json {
+            println!("{hit}");
+            continue;
+        }
+        let b: Vec<f64> = hit["box"]
+            .as_array()
+            .map(|b| b.iter().filter_map(|v| v.as_f64()).collect())
+            .unwrap_or_default();
+        let [x1, y1, x2, y2] = b[..] else {
+            return Err(SpotterError::Internal(format!(
+                "a hit without its box: {hit}"
+            )));
+        };
+        println!(
+            "{:.3}  {}  ({x1:.0}, {y1:.0}, {x2:.0}, {y2:.0})  {}",
+            hit["score"].as_f64().unwrap_or(f64::NAN),
+            super::terminal_safe(hit["path"].as_str().unwrap_or("")),
+            super::terminal_safe(hit["concept"].as_str().unwrap_or(""))
+        );
+    }
+    if page.hits.is_empty() && !args.json {
         eprintln!(
             "no object scored {} or more; try a lower --threshold",
-            result.threshold
+            page.threshold
         );
-    } else if let Some(next) = result.next_offset {
+    } else if let Some(next) = page.next_offset {
         if !args.json {
             eprintln!("more results: --offset {next}");
         }

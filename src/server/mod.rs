@@ -168,6 +168,7 @@ pub fn router(engine: Arc<SearchEngine>, config: &ServerConfig) -> Router {
         .route("/style.css", get(page_css))
         .route("/api/health", get(health))
         .route("/api/stats", get(stats))
+        .route("/api/failures", get(failures))
         .route("/api/search", get(search))
         .route("/api/similar/{proposal}", get(similar))
         .route("/api/images/{id}", get(original))
@@ -204,6 +205,9 @@ pub async fn serve(engine: Arc<SearchEngine>, config: ServerConfig) -> crate::er
         path: config.addr.to_string().into(),
         source,
     })?;
+    let stop = shutdown_signal()?;
+    // Other commands on this index find the server here (removed again when serving ends).
+    let _record = crate::served::publish(engine.index().dir(), local, config.token.as_deref())?;
     println!("Spotter is serving on http://{local}/ (Ctrl-C to stop)");
     let app = router(engine, &config);
     let mut http = hyper::server::conn::http1::Builder::new();
@@ -213,7 +217,6 @@ pub async fn serve(engine: Arc<SearchEngine>, config: ServerConfig) -> crate::er
         .max_headers(1000);
     let connections = Arc::new(Semaphore::new(config.max_connections.max(1)));
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
-    let stop = shutdown_signal();
     tokio::pin!(stop);
     loop {
         let permit = tokio::select! {
@@ -247,6 +250,7 @@ pub async fn serve(engine: Arc<SearchEngine>, config: ServerConfig) -> crate::er
             }
         });
     }
+    let second_stop = shutdown_signal()?;
     eprintln!(
         "shutting down (waiting up to {} s for requests in flight)",
         SHUTDOWN_GRACE.as_secs()
@@ -260,28 +264,30 @@ pub async fn serve(engine: Arc<SearchEngine>, config: ServerConfig) -> crate::er
                 );
             }
         }
-        _ = shutdown_signal() => eprintln!("second stop signal: stopping now"),
+        _ = second_stop => eprintln!("second stop signal: stopping now"),
     }
     Ok(())
 }
 
-async fn shutdown_signal() {
-    let ctrl_c = async {
-        let _ = tokio::signal::ctrl_c().await;
+/// Ctrl-C or SIGTERM. The handlers are installed when this is called (not when the future is
+/// first polled), so a stop that arrives right after the server announced itself is not lost.
+fn shutdown_signal() -> crate::error::Result<impl std::future::Future<Output = ()>> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let install = |kind| {
+        signal(kind).map_err(|e| {
+            SpotterError::Internal(format!("cannot install the stop-signal handlers: {e}"))
+        })
     };
-    #[cfg(unix)]
-    let terminate = async {
-        if let Ok(mut s) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-        {
-            s.recv().await;
+    let (mut interrupt, mut terminate) = (
+        install(SignalKind::interrupt())?,
+        install(SignalKind::terminate())?,
+    );
+    Ok(async move {
+        tokio::select! {
+            _ = interrupt.recv() => {},
+            _ = terminate.recv() => {},
         }
-    };
-    #[cfg(not(unix))]
-    let terminate = std::future::pending::<()>();
-    tokio::select! {
-        _ = ctrl_c => {},
-        _ = terminate => {},
-    }
+    })
 }
 
 async fn not_found() -> ApiError {
@@ -324,6 +330,13 @@ async fn stats(State(state): State<Arc<AppState>>) -> ApiResult<Json<serde_json:
     value["default_threshold"] = serde_json::json!(state.engine.scoring().default_threshold());
     value["text_cache"] = serde_json::json!(state.engine.text_cache_stats());
     Ok(Json(value))
+}
+
+/// Every file that failed to index, with its reason (what `spotter stats --failures` lists).
+async fn failures(State(state): State<Arc<AppState>>) -> ApiResult<Json<serde_json::Value>> {
+    let engine = state.engine.clone();
+    let failures = blocking(move || Ok(engine.index().failures()?)).await?;
+    Ok(Json(to_json(&failures)?))
 }
 
 async fn search(
