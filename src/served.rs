@@ -192,6 +192,55 @@ impl ServedIndex {
     }
 }
 
+impl ServedIndex {
+    /// `POST path` with a JSON body; the answer as [`ServedIndex::get`] gives it.
+    pub fn post(&self, path: &str, body: &serde_json::Value) -> Result<serde_json::Value> {
+        let url = format!("{}{path}", self.record.url);
+        let mut request = self.agent.post(&url);
+        if let Some(token) = &self.record.token {
+            request = request.header("Authorization", format!("Bearer {token}"));
+        }
+        let response = request
+            .send_json(body)
+            .map_err(|source| SpotterError::Unreachable {
+                url: url.clone(),
+                source: Box::new(source),
+            })?;
+        answer(&url, response)
+    }
+
+    /// Submits `spec` as a job and, unless `detach`, follows it until it ends, calling
+    /// `progress` with each new state; returns the last state.
+    pub fn run_job(
+        &self,
+        spec: &crate::jobs::JobSpec,
+        detach: bool,
+        mut progress: impl FnMut(&crate::jobs::Job),
+    ) -> Result<crate::jobs::Job> {
+        let body = serde_json::to_value(spec)
+            .map_err(|e| SpotterError::Internal(format!("cannot encode the job: {e}")))?;
+        let mut job = job_of(self.post("/api/jobs", &body)?)?;
+        while !detach
+            && matches!(
+                job.state,
+                crate::jobs::JobState::Queued | crate::jobs::JobState::Running
+            )
+        {
+            progress(&job);
+            std::thread::sleep(Duration::from_millis(250));
+            job = job_of(self.get(&format!("/api/jobs/{}", job.id))?)?;
+        }
+        progress(&job);
+        Ok(job)
+    }
+}
+
+fn job_of(value: serde_json::Value) -> Result<crate::jobs::Job> {
+    serde_json::from_value(value).map_err(|e| {
+        SpotterError::Internal(format!("the server sent a job it did not describe: {e}"))
+    })
+}
+
 /// A response's JSON body, or the error its status and `{"error": …}` body say.
 fn answer(url: &str, mut response: ureq::http::Response<ureq::Body>) -> Result<serde_json::Value> {
     let status = response.status();

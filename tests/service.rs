@@ -134,3 +134,153 @@ fn search_and_stats_on_a_served_index_print_what_they_print_on_a_closed_one() {
     assert!(!record.exists(), "a stopped server removes its record");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// The job `id` once it reached a state other than queued and running (at most ~2 minutes).
+fn finished_job(base: &str, id: u64) -> serde_json::Value {
+    for _ in 0..1200 {
+        let (status, job) = http::json(base, &format!("/api/jobs/{id}"));
+        assert_eq!(status, 200, "{job}");
+        if !matches!(job["state"].as_str(), Some("queued" | "running")) {
+            return job;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    panic!("job {id} did not end");
+}
+
+/// Waits until job `id` has done at least one file.
+fn job_started(base: &str, id: u64) {
+    for _ in 0..1200 {
+        let (_, job) = http::json(base, &format!("/api/jobs/{id}"));
+        if job["progress"]["files_done"].as_u64().unwrap_or(0) > 0 {
+            return;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    panic!("job {id} never started");
+}
+
+fn images_in(index: &Path) -> u64 {
+    let out = run_ok(
+        spotter()
+            .env("RUST_LOG", "error")
+            .args(["stats", "--json", "--index"])
+            .arg(index),
+    );
+    let stats: serde_json::Value = serde_json::from_slice(&out).unwrap();
+    stats["indexed"].as_u64().unwrap()
+}
+
+fn detached_index(archive: &Path, index: &Path) -> u64 {
+    let out = run_ok(
+        spotter()
+            .env("RUST_LOG", "error")
+            .args(["index", "--detach", "--index"])
+            .arg(index)
+            .arg(archive),
+    );
+    let text = String::from_utf8_lossy(&out);
+    text.split_whitespace()
+        .nth(1)
+        .and_then(|id| id.parse().ok())
+        .unwrap_or_else(|| panic!("no job id in {text:?}"))
+}
+
+#[test]
+fn index_and_compact_on_a_served_index_run_as_jobs_that_cancel_and_survive_a_kill() {
+    let dir = common::scratch("service-jobs");
+    let index = dir.join("index");
+    let first = dir.join("first");
+    common::distinct_photos(&first, 3);
+    run_ok(&mut common::index_command(&first, &index));
+    let mut server = http::start(&index, &[]);
+
+    // `spotter index` on the served index: a job, followed to its end, the usual report.
+    let more = dir.join("more");
+    common::distinct_photos(&more, 4);
+    std::fs::rename(more.join("p000.png"), more.join("new-0.png")).unwrap();
+    let out = run_ok(
+        spotter()
+            .env("RUST_LOG", "error")
+            .args(["index", "--quiet", "--index"])
+            .arg(&index)
+            .arg(&more),
+    );
+    let report = String::from_utf8_lossy(&out);
+    assert!(
+        report.starts_with(
+            "4 images found: 1 indexed, 0 unchanged, 0 touched (same content), 0 moved, 3 copies"
+        ),
+        "{report}"
+    );
+    assert_eq!(images_in(&index), 7);
+    let out = run_ok(
+        spotter()
+            .env("RUST_LOG", "error")
+            .args(["compact", "--index"])
+            .arg(&index),
+    );
+    assert!(String::from_utf8_lossy(&out).starts_with("dropped 0 deleted vectors; "));
+    let (_, list) = http::json(&server.base, "/api/jobs");
+    let kinds: Vec<(&str, &str)> = list["jobs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|j| {
+            (
+                j["spec"]["kind"].as_str().unwrap(),
+                j["state"].as_str().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        kinds,
+        [("compact", "done"), ("index", "done")],
+        "newest first"
+    );
+
+    // A cancelled job stops between files, keeps what it wrote and deletes nothing.
+    let big = dir.join("big");
+    common::distinct_photos(&big, 120);
+    let id = detached_index(&big, &index);
+    job_started(&server.base, id);
+    let (status, _) = http::post_json(
+        &server.base,
+        &format!("/api/jobs/{id}/cancel"),
+        &serde_json::json!({}),
+    );
+    assert_eq!(status, 200);
+    let job = finished_job(&server.base, id);
+    assert_eq!(job["state"], "cancelled", "{job}");
+    let result = &job["result"];
+    let done = result["indexed"].as_u64().unwrap() + result["copied"].as_u64().unwrap();
+    assert!(done < 120, "cancelled after {done} of 120");
+    assert_eq!(job["result"]["cancelled"], true);
+    assert_eq!(images_in(&index), 7 + done);
+
+    // kill -9 in the middle of a job: the next server runs it again, to the end.
+    let id = detached_index(&big, &index);
+    job_started(&server.base, id);
+    server.child.kill().unwrap();
+    server.child.wait().unwrap();
+    let server = http::start(&index, &[]);
+    let job = finished_job(&server.base, id);
+    assert_eq!(job["state"], "done", "{job}");
+    assert_eq!(images_in(&index), 7 + 120);
+
+    // Bad jobs are refused with the reason.
+    let (status, answer) = http::post_json(
+        &server.base,
+        "/api/jobs",
+        &serde_json::json!({"kind": "index", "roots": ["relative/photos"]}),
+    );
+    assert_eq!(status, 400, "{answer}");
+    let (status, answer) = http::post_json(
+        &server.base,
+        "/api/jobs",
+        &serde_json::json!({"kind": "explode"}),
+    );
+    assert!((400..500).contains(&status), "{answer}");
+    drop(server);
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -88,6 +88,10 @@ pub struct IndexArgs {
     /// No progress bar.
     #[arg(long)]
     pub quiet: bool,
+    /// On an index a running server holds: queue the job there and return at once (without
+    /// it, the command follows the job's progress; Ctrl-C stops following, not the job).
+    #[arg(long)]
+    pub detach: bool,
     #[command(flatten)]
     pub model: ModelArgs,
 }
@@ -134,8 +138,13 @@ impl Progress for Bar {
     }
 }
 
-/// Runs `spotter index`.
+/// Runs `spotter index` (as a job of the server that holds the index, when one does).
 pub fn run(args: &IndexArgs) -> Result<()> {
+    if !args.archives.is_empty() {
+        if let Some(server) = crate::served::find(&args.index)? {
+            return served_index(args, &server);
+        }
+    }
     let package = args.model.package()?;
     if args.archives.is_empty() {
         let vectors = args.vectors.clone().unwrap_or_default();
@@ -196,6 +205,7 @@ pub fn run(args: &IndexArgs) -> Result<()> {
         decode_threads: args.decode_threads,
         checkpoint_every: Duration::from_secs(300),
         allow_deletions: args.allow_deletions,
+        cancel: None,
     };
     let bar = if args.quiet {
         ProgressBar::hidden()
@@ -219,38 +229,158 @@ pub fn run(args: &IndexArgs) -> Result<()> {
     let report = spotter_indexer::run(&index, &tower, &request, &progress)?;
     progress.bar.finish_and_clear();
 
-    if args.json {
-        return super::print_json(&report);
+    print_report(&json_of(&report)?, args.json)
+}
+
+/// `spotter index` on a served index: the same run as a job of the server, followed with a
+/// progress bar; the same report at the end.
+fn served_index(args: &IndexArgs, server: &crate::served::ServedIndex) -> Result<()> {
+    let fixed = [
+        (args.vectors.is_some(), "--vectors"),
+        (args.shard.is_some(), "--shard"),
+        (args.vector_engine.is_some(), "--vector-engine"),
+        (args.f16, "--f16"),
+    ];
+    if let Some((_, flag)) = fixed.iter().find(|(given, _)| *given) {
+        return Err(SpotterError::Usage(format!(
+            "{flag} is chosen when an index is created; {} is served by {} (stop the server to \
+             create an index with it)",
+            args.index.display(),
+            server.url()
+        )));
     }
+    let roots = args
+        .archives
+        .iter()
+        .map(|a| a.canonicalize().or_else(|_| std::path::absolute(a)))
+        .collect::<std::io::Result<Vec<_>>>()
+        .map_err(|source| SpotterError::Io {
+            path: args.archives[0].clone(),
+            source,
+        })?;
+    let spec = crate::jobs::JobSpec::Index {
+        roots,
+        retry_failed: args.retry_failed,
+        allow_deletions: args.allow_deletions,
+        include: args.include.clone(),
+        exclude: args.exclude.clone(),
+        follow_symlinks: args.follow_symlinks,
+        include_hidden: args.include_hidden,
+    };
+    let bar = if args.quiet || args.detach {
+        ProgressBar::hidden()
+    } else {
+        ProgressBar::new_spinner()
+    };
+    bar.set_style(
+        ProgressStyle::with_template(
+            "{spinner} [{elapsed_precise}] {wide_bar} {pos}/{len} images (ETA {eta}) {msg}",
+        )
+        .unwrap_or_else(|_| ProgressStyle::default_bar()),
+    );
+    bar.enable_steady_tick(Duration::from_millis(200));
+    if !args.quiet && !args.detach {
+        eprintln!(
+            "{} is served by {}: indexing there as a job (Ctrl-C stops following it, not the job)",
+            args.index.display(),
+            server.url()
+        );
+    }
+    let job = server.run_job(&spec, args.detach, |job| {
+        let p = &job.progress;
+        if let Some(total) = p.files_total {
+            bar.set_length(total as u64);
+        }
+        bar.set_position(p.files_done as u64);
+        let state = match job.state {
+            crate::jobs::JobState::Queued => "queued behind other jobs".to_string(),
+            _ if p.files_total.is_some() => format!(
+                "{} objects ({:.1} images/s), {} failed",
+                p.proposals, p.files_per_second, p.failures
+            ),
+            _ => p.message.clone(),
+        };
+        bar.set_message(state);
+    })?;
+    bar.finish_and_clear();
+    finish_job(args.detach, server, &job, |result| {
+        print_report(result, args.json)
+    })
+}
+
+/// What a followed job ends with: its result printed by `print`, or its failure as the error.
+fn finish_job(
+    detached: bool,
+    server: &crate::served::ServedIndex,
+    job: &crate::jobs::Job,
+    print: impl FnOnce(&serde_json::Value) -> Result<()>,
+) -> Result<()> {
+    use crate::jobs::JobState;
+    match job.state {
+        JobState::Queued | JobState::Running if detached => {
+            println!(
+                "job {} queued; follow it at {}/api/jobs/{}",
+                job.id,
+                server.url(),
+                job.id
+            );
+            Ok(())
+        }
+        JobState::Done => print(job.result.as_ref().unwrap_or(&serde_json::Value::Null)),
+        JobState::Cancelled => {
+            if let Some(result) = &job.result {
+                print(result)?;
+            }
+            Err(SpotterError::Usage(format!(
+                "job {} was cancelled (what it wrote is kept; run again to go on)",
+                job.id
+            )))
+        }
+        JobState::Failed => Err(SpotterError::Internal(format!(
+            "job {} failed in the server: {}",
+            job.id,
+            job.error.as_deref().unwrap_or("no reason given")
+        ))),
+        JobState::Queued | JobState::Running => Err(SpotterError::Internal(format!(
+            "job {} is still {:?}",
+            job.id, job.state
+        ))),
+    }
+}
+
+/// The end-of-run report (a `RunReport` as JSON, from this process or a server's job).
+fn print_report(report: &serde_json::Value, json: bool) -> Result<()> {
+    if json {
+        return super::print_json(report);
+    }
+    let n = |key: &str| report[key].as_u64().unwrap_or(0);
+    let list = |key: &str| report[key].as_array().cloned().unwrap_or_default();
     println!(
         "{} images found: {} indexed, {} unchanged, {} touched (same content), {} moved, {} copies, {} deleted, {} deletions skipped, {} failed ({:.1} s, {:.2} images/s on {}, {} proposals added)",
-        report.files_found,
-        report.indexed,
-        report.unchanged,
-        report.touched,
-        report.moved,
-        report.copied,
-        report.deleted,
-        report.deletions_skipped,
-        report.failed.len(),
-        report.seconds,
-        report.images_per_second,
-        report.device,
-        report.proposals_added
+        n("files_found"),
+        n("indexed"),
+        n("unchanged"),
+        n("touched"),
+        n("moved"),
+        n("copied"),
+        n("deleted"),
+        n("deletions_skipped"),
+        list("failed").len(),
+        report["seconds"].as_f64().unwrap_or(0.0),
+        report["images_per_second"].as_f64().unwrap_or(0.0),
+        report["device"].as_str().unwrap_or("?"),
+        n("proposals_added")
     );
-    for f in &report.failed {
-        println!(
-            "  failed: {}: {}",
-            super::terminal_path(&f.path),
-            super::terminal_safe(&f.reason)
-        );
+    let text =
+        |v: &serde_json::Value, key: &str| super::terminal_safe(v[key].as_str().unwrap_or(""));
+    for f in list("failed") {
+        println!("  failed: {}: {}", text(&f, "path"), text(&f, "reason"));
     }
-    for f in &report.walk_problems {
-        println!(
-            "  not walked: {}: {}",
-            super::terminal_path(&f.path),
-            super::terminal_safe(&f.reason)
-        );
+    for f in list("walk_problems") {
+        println!("  not walked: {}: {}", text(&f, "path"), text(&f, "reason"));
+    }
+    if report["cancelled"].as_bool() == Some(true) {
+        println!("  cancelled before every file was read; no records were deleted");
     }
     Ok(())
 }
@@ -418,6 +548,17 @@ pub struct CompactArgs {
 
 /// Runs `spotter compact`.
 pub fn compact(args: &CompactArgs) -> Result<()> {
+    if let Some(server) = crate::served::find(&args.index)? {
+        let job = server.run_job(&crate::jobs::JobSpec::Compact, false, |_| {})?;
+        return finish_job(false, &server, &job, |result| {
+            println!(
+                "dropped {} deleted vectors; {} live",
+                result["dropped"].as_u64().unwrap_or(0),
+                result["live"].as_u64().unwrap_or(0)
+            );
+            Ok(())
+        });
+    }
     let index = Index::open(&args.index)?;
     let before = index.deleted_vectors()?;
     index.compact()?;

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use clap::Args;
-use spotter_indexer::{Index, IndexRequest, IndexSettings, NoProgress};
+use spotter_indexer::{Index, IndexRequest, IndexSettings};
 use spotter_model::{ImageTower, ProposalParams};
 
 use super::ModelArgs;
@@ -101,6 +101,87 @@ fn token_of(args: &ServeArgs) -> Result<Option<String>> {
         .filter(|t| !t.is_empty()))
 }
 
+/// What the server's jobs do: index runs through the indexer (the image tower is loaded at the
+/// first one and kept), compaction through the index.
+fn job_runner(
+    index: Arc<Index>,
+    package: spotter_model::ModelPackage,
+    runtime: spotter_model::RuntimeOptions,
+    limits: spotter_model::DecodeLimits,
+) -> Box<crate::jobs::Runner> {
+    use crate::jobs::JobSpec;
+    let tower: std::sync::Mutex<Option<Arc<ImageTower>>> = std::sync::Mutex::new(None);
+    Box::new(move |spec, control| {
+        let (roots, retry_failed, allow_deletions, walk) = match spec {
+            JobSpec::Compact => {
+                let dropped = index.deleted_vectors()?;
+                index.compact()?;
+                return Ok(serde_json::json!({
+                    "dropped": dropped,
+                    "live": index.vector_count()?,
+                }));
+            }
+            JobSpec::Index {
+                roots,
+                retry_failed,
+                allow_deletions,
+                include,
+                exclude,
+                follow_symlinks,
+                include_hidden,
+            } => (
+                roots.clone(),
+                *retry_failed,
+                *allow_deletions,
+                spotter_indexer::walk::WalkOptions {
+                    follow_symlinks: *follow_symlinks,
+                    include_hidden: *include_hidden,
+                    include: include.clone(),
+                    exclude: exclude.clone(),
+                },
+            ),
+            JobSpec::Rescan | JobSpec::RetryFailed => (
+                index.roots()?.into_iter().map(|(_, p)| p).collect(),
+                *spec == JobSpec::RetryFailed,
+                false,
+                Default::default(),
+            ),
+        };
+        let tower = {
+            let mut loaded = tower
+                .lock()
+                .map_err(|_| SpotterError::Internal("the image tower lock is poisoned".into()))?;
+            match &*loaded {
+                Some(tower) => tower.clone(),
+                None => {
+                    control.report(crate::jobs::JobProgress {
+                        message: "loading the image model".into(),
+                        ..Default::default()
+                    });
+                    let fresh = Arc::new(ImageTower::load(&package, &runtime)?);
+                    *loaded = Some(fresh.clone());
+                    fresh
+                }
+            }
+        };
+        let mut request =
+            IndexRequest::new(roots, ProposalParams::from(&package.manifest.proposals));
+        request.batch = tower.fixed_batch().unwrap_or(request.batch);
+        request.limits = limits;
+        request.walk = walk;
+        request.retry_failed = retry_failed;
+        request.allow_deletions = allow_deletions;
+        request.cancel = Some(control.cancel_flag());
+        let progress = crate::jobs::IndexProgress::new(control);
+        let report = spotter_indexer::run(&index, &tower, &request, &progress)?;
+        for p in &report.walk_problems {
+            tracing::warn!(path = %spotter_indexer::relpath::display_path(&p.path), reason = %p.reason, "not walked");
+        }
+        serde_json::to_value(&report)
+            .map_err(|e| SpotterError::Internal(format!("cannot encode the report: {e}")))
+    })
+}
+
 /// Runs `spotter serve`.
 pub fn run(args: &ServeArgs) -> Result<()> {
     let token = token_of(args)?;
@@ -138,43 +219,51 @@ pub fn run(args: &ServeArgs) -> Result<()> {
         sessions,
     )?);
 
+    let jobs = crate::jobs::Jobs::start(
+        &args.index,
+        job_runner(index.clone(), package.clone(), model.runtime(), limits),
+    )?;
     if !args.archives.is_empty() {
-        let tower = ImageTower::load(&package, &model.runtime())?;
-        let mut request = IndexRequest::new(
-            args.archives.clone(),
-            ProposalParams::from(&package.manifest.proposals),
-        );
-        request.batch = tower.fixed_batch().unwrap_or(request.batch);
-        request.limits = limits;
-        let every = Duration::from_secs(args.rescan_minutes * 60);
-        std::thread::Builder::new()
-            .name("spotter-indexer".into())
-            .spawn(move || loop {
-                match spotter_indexer::run(&index, &tower, &request, &NoProgress) {
-                    Ok(r) => {
-                        for p in &r.walk_problems {
-                            tracing::warn!(path = %spotter_indexer::relpath::display_path(&p.path), reason = %p.reason, "not walked");
+        let roots = args
+            .archives
+            .iter()
+            .map(|a| std::path::absolute(a).unwrap_or_else(|_| a.clone()))
+            .collect();
+        let spec = crate::jobs::JobSpec::Index {
+            roots,
+            retry_failed: false,
+            allow_deletions: false,
+            include: Vec::new(),
+            exclude: Vec::new(),
+            follow_symlinks: false,
+            include_hidden: false,
+        };
+        jobs.submit(spec.clone())?;
+        if args.rescan_minutes > 0 {
+            let (jobs, every) = (jobs.clone(), Duration::from_secs(args.rescan_minutes * 60));
+            std::thread::Builder::new()
+                .name("spotter-rescan".into())
+                .spawn(move || loop {
+                    std::thread::sleep(every);
+                    let busy = jobs.list().is_ok_and(|list| {
+                        list.iter().any(|j| {
+                            j.spec == spec
+                                && matches!(
+                                    j.state,
+                                    crate::jobs::JobState::Queued | crate::jobs::JobState::Running
+                                )
+                        })
+                    });
+                    if !busy {
+                        if let Err(e) = jobs.submit(spec.clone()) {
+                            tracing::error!(error = %e, "cannot queue the periodic rescan");
                         }
-                        tracing::info!(
-                            indexed = r.indexed,
-                            unchanged = r.unchanged,
-                            touched = r.touched,
-                            failed = r.failed.len(),
-                            deleted = r.deleted,
-                            deletions_skipped = r.deletions_skipped,
-                            "background indexing pass done"
-                        )
                     }
-                    Err(e) => tracing::error!(error = %e, "background indexing failed"),
-                }
-                if every.is_zero() {
-                    break;
-                }
-                std::thread::sleep(every);
-            })
-            .map_err(|e| {
-                SpotterError::Internal(format!("cannot start the indexing thread: {e}"))
-            })?;
+                })
+                .map_err(|e| {
+                    SpotterError::Internal(format!("cannot start the rescan thread: {e}"))
+                })?;
+        }
     }
 
     let config = ServerConfig {
@@ -196,7 +285,8 @@ pub fn run(args: &ServeArgs) -> Result<()> {
         .enable_all()
         .build()
         .map_err(|e| SpotterError::Internal(format!("cannot start the server runtime: {e}")))?;
-    let result = runtime.block_on(serve(engine, config));
+    let result = runtime.block_on(serve(engine, Some(jobs.clone()), config));
+    jobs.stop();
     // Work stuck in the blocking pool (a hung network mount) must not keep the process alive.
     runtime.shutdown_timeout(Duration::from_secs(1));
     result

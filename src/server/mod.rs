@@ -69,6 +69,8 @@ const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 
 struct AppState {
     engine: Arc<SearchEngine>,
+    /// The index's background jobs (none in servers built without them, e.g. tests).
+    jobs: Option<crate::jobs::Jobs>,
     token: Option<String>,
     hosts: Option<HostPolicy>,
     request_timeout: Duration,
@@ -141,9 +143,14 @@ fn to_json<T: serde::Serialize>(value: &T) -> crate::error::Result<serde_json::V
 }
 
 /// Builds the router (public for tests that drive it in-process).
-pub fn router(engine: Arc<SearchEngine>, config: &ServerConfig) -> Router {
+pub fn router(
+    engine: Arc<SearchEngine>,
+    jobs: Option<crate::jobs::Jobs>,
+    config: &ServerConfig,
+) -> Router {
     let state = Arc::new(AppState {
         engine,
+        jobs,
         token: config.token.clone(),
         hosts: Some(HostPolicy {
             bound: config.addr.ip(),
@@ -169,6 +176,9 @@ pub fn router(engine: Arc<SearchEngine>, config: &ServerConfig) -> Router {
         .route("/api/health", get(health))
         .route("/api/stats", get(stats))
         .route("/api/failures", get(failures))
+        .route("/api/jobs", get(list_jobs).post(submit_job))
+        .route("/api/jobs/{id}", get(job))
+        .route("/api/jobs/{id}/cancel", axum::routing::post(cancel_job))
         .route("/api/search", get(search))
         .route("/api/similar/{proposal}", get(similar))
         .route("/api/images/{id}", get(original))
@@ -194,7 +204,11 @@ pub fn router(engine: Arc<SearchEngine>, config: &ServerConfig) -> Router {
 
 /// Serves until Ctrl-C or SIGTERM, then finishes the requests in flight (for at most
 /// [`SHUTDOWN_GRACE`]).
-pub async fn serve(engine: Arc<SearchEngine>, config: ServerConfig) -> crate::error::Result<()> {
+pub async fn serve(
+    engine: Arc<SearchEngine>,
+    jobs: Option<crate::jobs::Jobs>,
+    config: ServerConfig,
+) -> crate::error::Result<()> {
     let listener = tokio::net::TcpListener::bind(config.addr)
         .await
         .map_err(|source| SpotterError::Io {
@@ -209,7 +223,7 @@ pub async fn serve(engine: Arc<SearchEngine>, config: ServerConfig) -> crate::er
     // Other commands on this index find the server here (removed again when serving ends).
     let _record = crate::served::publish(engine.index().dir(), local, config.token.as_deref())?;
     println!("Spotter is serving on http://{local}/ (Ctrl-C to stop)");
-    let app = router(engine, &config);
+    let app = router(engine, jobs, &config);
     let mut http = hyper::server::conn::http1::Builder::new();
     http.timer(TokioTimer::new())
         .header_read_timeout(config.header_timeout)
@@ -226,7 +240,7 @@ pub async fn serve(engine: Arc<SearchEngine>, config: ServerConfig) -> crate::er
                 Err(_) => break,
             },
         };
-        let (stream, _peer) = tokio::select! {
+        let (stream, peer) = tokio::select! {
             _ = &mut stop => break,
             accepted = listener.accept() => match accepted {
                 Ok(a) => a,
@@ -239,7 +253,11 @@ pub async fn serve(engine: Arc<SearchEngine>, config: ServerConfig) -> crate::er
             },
         };
         let _ = stream.set_nodelay(true);
-        let service = hyper_util::service::TowerToHyperService::new(app.clone());
+        // The peer's address, for routes that only this machine may use without a token.
+        let service = hyper_util::service::TowerToHyperService::new(
+            app.clone()
+                .layer(Extension(axum::extract::ConnectInfo(peer))),
+        );
         let stream = stall::StallTimeout::new(stream, config.send_timeout);
         let connection = http.serve_connection(TokioIo::new(stream), service);
         let watched = graceful.watch(connection);
@@ -337,6 +355,67 @@ async fn failures(State(state): State<Arc<AppState>>) -> ApiResult<Json<serde_js
     let engine = state.engine.clone();
     let failures = blocking(move || Ok(engine.index().failures()?)).await?;
     Ok(Json(to_json(&failures)?))
+}
+
+fn jobs_of(state: &AppState) -> ApiResult<&crate::jobs::Jobs> {
+    state
+        .jobs
+        .as_ref()
+        .ok_or_else(|| ApiError(StatusCode::NOT_FOUND, "this server runs no jobs".into()))
+}
+
+/// Starting and cancelling jobs changes the index: with a token every route already needs it;
+/// without one, only this machine may do it.
+fn admin(state: &AppState, peer: SocketAddr) -> ApiResult<()> {
+    if state.token.is_some() || peer.ip().is_loopback() {
+        Ok(())
+    } else {
+        Err(ApiError(
+            StatusCode::FORBIDDEN,
+            "jobs can be started and cancelled from this machine only, unless the server has a \
+             token (--token-file)"
+                .into(),
+        ))
+    }
+}
+
+fn job_id(text: &str) -> ApiResult<u64> {
+    text.parse()
+        .map_err(|_| ApiError(StatusCode::NOT_FOUND, format!("no job {text}")))
+}
+
+/// Every job kept, newest first.
+async fn list_jobs(State(state): State<Arc<AppState>>) -> ApiResult<Json<serde_json::Value>> {
+    let jobs = jobs_of(&state)?.list()?;
+    Ok(Json(serde_json::json!({ "jobs": to_json(&jobs)? })))
+}
+
+async fn job(
+    State(state): State<Arc<AppState>>,
+    Path(id): Path<String>,
+) -> ApiResult<Json<serde_json::Value>> {
+    let job = jobs_of(&state)?.job(job_id(&id)?)?;
+    Ok(Json(to_json(&job)?))
+}
+
+async fn submit_job(
+    State(state): State<Arc<AppState>>,
+    Extension(axum::extract::ConnectInfo(peer)): Extension<axum::extract::ConnectInfo<SocketAddr>>,
+    Json(spec): Json<crate::jobs::JobSpec>,
+) -> ApiResult<(StatusCode, Json<serde_json::Value>)> {
+    admin(&state, peer)?;
+    let job = jobs_of(&state)?.submit(spec)?;
+    Ok((StatusCode::ACCEPTED, Json(to_json(&job)?)))
+}
+
+async fn cancel_job(
+    State(state): State<Arc<AppState>>,
+    Extension(axum::extract::ConnectInfo(peer)): Extension<axum::extract::ConnectInfo<SocketAddr>>,
+    Path(id): Path<String>,
+) -> ApiResult<Json<serde_json::Value>> {
+    admin(&state, peer)?;
+    let job = jobs_of(&state)?.cancel(job_id(&id)?)?;
+    Ok(Json(to_json(&job)?))
 }
 
 async fn search(

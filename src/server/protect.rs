@@ -85,7 +85,9 @@ pub async fn harden(request: Request, next: Next) -> Response {
         .is_some_and(|v| v.starts_with("application/json"));
     if (status.is_client_error() || status.is_server_error()) && !is_json {
         let message = match status {
-            StatusCode::METHOD_NOT_ALLOWED => "method not allowed: every route answers GET".into(),
+            StatusCode::METHOD_NOT_ALLOWED => {
+                "method not allowed: routes answer GET (POST to start and cancel jobs)".into()
+            }
             StatusCode::PAYLOAD_TOO_LARGE => "request body too large".into(),
             StatusCode::REQUEST_TIMEOUT => "the request took too long".into(),
             other => other

@@ -53,6 +53,10 @@ pub struct IndexRequest {
     /// [`MASS_DELETION_MIN`]) are gone at once; without it such deletions are skipped with a
     /// warning, since an unmounted or half-synced archive looks just like that.
     pub allow_deletions: bool,
+    /// Set from another thread to stop the run early: files not yet read are left for the next
+    /// run, what was prepared is still written, and no record is deleted (a file not yet seen
+    /// might be one that moved).
+    pub cancel: Option<std::sync::Arc<std::sync::atomic::AtomicBool>>,
 }
 
 /// Deleting at least this many records of a root, and more than half of them, in one run needs
@@ -63,6 +67,13 @@ pub const MASS_DELETION_MIN: usize = 10;
 pub const FRESH_VECTORS_EVERY: Duration = Duration::from_secs(1);
 
 impl IndexRequest {
+    /// True once [`IndexRequest::cancel`] is set.
+    pub fn is_cancelled(&self) -> bool {
+        self.cancel
+            .as_ref()
+            .is_some_and(|c| c.load(std::sync::atomic::Ordering::Relaxed))
+    }
+
     /// A request for `roots` with `params` and the defaults: default walk, batch 4, default
     /// decoder limits, no retry of failures, all cores decoding, a checkpoint every 5 minutes.
     pub fn new(roots: Vec<PathBuf>, params: ProposalParams) -> Self {
@@ -76,6 +87,7 @@ impl IndexRequest {
             decode_threads: 0,
             checkpoint_every: Duration::from_secs(300),
             allow_deletions: false,
+            cancel: None,
         }
     }
 }
@@ -127,6 +139,9 @@ pub struct RunReport {
     pub images_per_second: f64,
     /// Device of the image graph.
     pub device: String,
+    /// The run was stopped through [`IndexRequest::cancel`] before it read every file (no
+    /// deletions were made).
+    pub cancelled: bool,
 }
 
 /// Progress callbacks (the CLI draws a progress bar from these).
@@ -176,6 +191,12 @@ pub fn run(
         &mut report,
         progress,
     )?;
+    report.cancelled = request.is_cancelled();
+    if report.cancelled {
+        // Files not read this run may be the new places of records that look gone.
+        plan.gone.clear();
+        progress.note("cancelled: what was read is saved; the next run goes on from there");
+    }
 
     // Deletions: what is still missing was neither found nor moved.
     let still_missing: HashSet<u64> = missing
@@ -266,6 +287,9 @@ fn process(
             pool.install(|| {
                 // Stops early when a later stage has failed and dropped its receiver.
                 let _ = work.par_iter().try_for_each_with(prepared_tx, |tx, item| {
+                    if request.is_cancelled() {
+                        return Err(());
+                    }
                     tx.send(prepare::prepare(index, tower, request, missing, item))
                         .map_err(|_| ())
                 });
