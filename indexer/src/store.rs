@@ -79,11 +79,14 @@ impl Store {
             .flush_every_ms(Some(500))
             .open()
             .map_err(|e| match e {
-                sled::Error::Io(io) if io.to_string().contains("could not acquire lock") => IndexError::Invalid(format!(
-                    "the index {} is open in another Spotter process (an indexer or a server); \
-                     stop it first, or run `spotter serve --archive DIR` to index and serve in one process",
-                    dir.display()
-                )),
+                sled::Error::Io(io) if io.to_string().contains("could not acquire lock") => {
+                    IndexError::Invalid(format!(
+                        "the index {} is open in another Spotter process: a `spotter index` or \
+                     `eval` run (wait for it to end), or a server that does not answer (search, \
+                     stats, index and compact reach a running server by themselves)",
+                        dir.display()
+                    ))
+                }
                 other => IndexError::db(&path, other),
             })?;
         let tree = |name: &str| db.open_tree(name).map_err(|e| IndexError::db(&path, e));

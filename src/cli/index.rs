@@ -64,7 +64,7 @@ pub struct IndexArgs {
     #[arg(long)]
     pub allow_deletions: bool,
     /// Embedded vector engine, only when creating the index: `quantised` (default: int8 codes
-    /// in memory, ~0.9 KB of RAM and ~1.6 KB of disk per proposal for 768-d models, exact scores
+    /// in memory, ~0.8 KB of RAM and ~1.65 KB of disk per proposal for 768-d models, exact scores
     /// after re-ranking) or `hnsw` (f32 graphs, several KB of RAM per proposal; what indexes
     /// made before version 0.2 use).
     #[arg(long, value_name = "ENGINE")]
