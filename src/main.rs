@@ -3,7 +3,15 @@ use spotter::cli::{run, Cli};
 use tracing_subscriber::EnvFilter;
 
 fn main() {
-    let cli = Cli::parse();
+    // Settings of the configuration file become flags the command line does not give.
+    let argv = match spotter::cli::config::apply(std::env::args_os().collect()) {
+        Ok(argv) => argv,
+        Err(err) => {
+            eprintln!("error: {err}");
+            std::process::exit(2);
+        }
+    };
+    let cli = Cli::parse_from(argv);
     // Die quietly on a closed pipe (`spotter search cat | head`) like other Unix tools — except
     // the server, where a client closing its socket early must be an error on that connection
     // only (Rust ignores SIGPIPE by default, so writes to a closed socket return EPIPE).

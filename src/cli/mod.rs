@@ -1,5 +1,6 @@
 //! The `spotter` command line: argument definitions and dispatch.
 
+pub mod config;
 pub mod detect;
 pub mod eval;
 pub mod index;
@@ -27,6 +28,11 @@ pub struct Cli {
     /// Log more (-v: debug, -vv: trace). RUST_LOG overrides.
     #[arg(short, long, action = clap::ArgAction::Count, global = true)]
     pub verbose: u8,
+    /// Settings file (TOML: a section per command, keys are long flag names; flags on the
+    /// command line win). Default: $SPOTTER_CONFIG, else ~/.config/spotter/config.toml when it
+    /// exists. See the README, "Configuration".
+    #[arg(long, global = true, value_name = "FILE")]
+    pub config: Option<std::path::PathBuf>,
     /// The command to run.
     #[command(subcommand)]
     pub command: Command,

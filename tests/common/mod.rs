@@ -105,7 +105,11 @@ pub fn read_json(path: &Path) -> serde_json::Value {
 /// The built `spotter` binary, or the one named by `SPOTTER_TEST_BIN` (to check that a test
 /// fails on an older build: `SPOTTER_TEST_BIN=/path/to/old/spotter cargo test ...`).
 pub fn spotter() -> Command {
-    Command::new(spotter_bin())
+    let mut cmd = Command::new(spotter_bin());
+    // Hermetic: no configuration file of the user running the tests.
+    cmd.env("XDG_CONFIG_HOME", repo_root().join("target/test-no-config"))
+        .env_remove("SPOTTER_CONFIG");
+    cmd
 }
 
 /// The binary under test: `SPOTTER_TEST_BIN` when set, else this build's.
