@@ -54,6 +54,21 @@ pub enum JobSpec {
     Compact,
 }
 
+impl JobSpec {
+    /// An index job of `roots` with the defaults (no retries, careful deletions, default walk).
+    pub fn index(roots: Vec<PathBuf>) -> Self {
+        JobSpec::Index {
+            roots,
+            retry_failed: false,
+            allow_deletions: false,
+            include: Vec::new(),
+            exclude: Vec::new(),
+            follow_symlinks: false,
+            include_hidden: false,
+        }
+    }
+}
+
 /// Where a job is.
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "snake_case")]

@@ -14,5 +14,6 @@ pub mod query;
 pub mod served;
 pub mod server;
 pub mod text_cache;
+pub mod watch;
 
 pub use error::{Result, SpotterError};

@@ -38,19 +38,6 @@ pub struct WatchHandle {
     _watcher: Option<notify::RecommendedWatcher>,
 }
 
-/// The job that indexes `roots`.
-pub fn index_job(roots: Vec<PathBuf>) -> JobSpec {
-    JobSpec::Index {
-        roots,
-        retry_failed: false,
-        allow_deletions: false,
-        include: Vec::new(),
-        exclude: Vec::new(),
-        follow_symlinks: false,
-        include_hidden: false,
-    }
-}
-
 /// Starts watching `options.roots` and queuing index jobs on `jobs`.
 pub fn start(jobs: Jobs, options: WatchOptions) -> Result<WatchHandle> {
     let (tx, rx) = mpsc::channel::<notify::Result<notify::Event>>();
@@ -112,16 +99,20 @@ pub fn start(jobs: Jobs, options: WatchOptions) -> Result<WatchHandle> {
             })
             .map_err(|e| SpotterError::Internal(format!("cannot start the rescan thread: {e}")))?;
     }
-    tracing::info!(watched = watched.len(), "watching the archive roots for changes");
+    tracing::info!(
+        watched = watched.len(),
+        "watching the archive roots for changes"
+    );
     Ok(WatchHandle { _watcher: watcher })
 }
 
 /// Queues an index job of `roots` unless an identical one is still waiting.
 fn queue(jobs: &Jobs, roots: Vec<PathBuf>) {
-    let spec = index_job(roots);
-    let waiting = jobs
-        .list()
-        .is_ok_and(|list| list.iter().any(|j| j.spec == spec && j.state == JobState::Queued));
+    let spec = JobSpec::index(roots);
+    let waiting = jobs.list().is_ok_and(|list| {
+        list.iter()
+            .any(|j| j.spec == spec && j.state == JobState::Queued)
+    });
     if !waiting {
         if let Err(e) = jobs.submit(spec) {
             tracing::error!(error = %e, "cannot queue the indexing of a change");

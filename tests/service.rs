@@ -284,3 +284,63 @@ fn index_and_compact_on_a_served_index_run_as_jobs_that_cancel_and_survive_a_kil
     drop(server);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn serve_watch_indexes_new_changed_moved_and_deleted_photos_within_seconds() {
+    let dir = common::scratch("service-watch");
+    let (archive, index) = (dir.join("archive"), dir.join("index"));
+    common::distinct_photos(&archive, 2);
+    run_ok(&mut common::index_command(&archive, &index));
+    let server = http::start(&index, &["--watch"]);
+    // The image id recorded for `path` (inside the archive), if any.
+    let image_of = |path: &str| -> Option<String> {
+        let (_, hits) = http::json(&server.base, "/api/search?q=cat&k=1000&threshold=0");
+        hits["hits"]
+            .as_array()?
+            .iter()
+            .find(|h| h["path"] == path)
+            .and_then(|h| h["image"].as_str().map(str::to_string))
+    };
+    let wait_until = |what: &str, ok: &dyn Fn() -> bool| {
+        for _ in 0..300 {
+            if ok() {
+                return;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+        panic!("{what}: not seen within 30 s");
+    };
+    let photos = dir.join("photos");
+    common::distinct_photos(&photos, 8);
+    // Create.
+    std::fs::copy(photos.join("p005.png"), archive.join("new.png")).unwrap();
+    wait_until("a new photo", &|| image_of("new.png").is_some());
+    let created = image_of("new.png").unwrap();
+    // Modify: other content under the same name becomes a new record.
+    std::fs::copy(photos.join("p006.png"), archive.join("new.png")).unwrap();
+    wait_until("a changed photo", &|| {
+        image_of("new.png").is_some_and(|id| id != created)
+    });
+    let changed = image_of("new.png").unwrap();
+    // Move into a subfolder: the same record at its new path (no model run).
+    std::fs::create_dir(archive.join("sub")).unwrap();
+    std::fs::rename(archive.join("new.png"), archive.join("sub/moved.png")).unwrap();
+    wait_until("a moved photo", &|| {
+        image_of("sub/moved.png").as_ref() == Some(&changed) && image_of("new.png").is_none()
+    });
+    // Delete.
+    std::fs::remove_file(archive.join("sub/moved.png")).unwrap();
+    wait_until("a deleted photo", &|| image_of("sub/moved.png").is_none());
+    let (_, stats) = http::json(&server.base, "/api/stats");
+    assert_eq!(stats["indexed"], 2, "{stats}");
+    let (_, jobs) = http::json(&server.base, "/api/jobs");
+    let kinds: Vec<&str> = jobs["jobs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|j| j["state"].as_str().unwrap())
+        .collect();
+    assert!(kinds.len() >= 4 && !kinds.contains(&"failed"), "{jobs}");
+    drop(server);
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -43,6 +43,12 @@ pub struct ServeArgs {
     /// Re-scan the archives every N minutes (0: once at start).
     #[arg(long, default_value_t = 0)]
     pub rescan_minutes: u64,
+    /// Follow file-system events under the archive roots (--archive, else every root the index
+    /// knows) and index new, changed, moved and deleted photos within seconds. Roots on network
+    /// mounts, or past the inotify watch limit, are rescanned every --rescan-minutes (15 when
+    /// that is 0) instead.
+    #[arg(long)]
+    pub watch: bool,
     /// Longest time a request may take, in seconds (its work is stopped then).
     #[arg(long, default_value_t = 30)]
     pub request_timeout: u64,
@@ -229,15 +235,7 @@ pub fn run(args: &ServeArgs) -> Result<()> {
             .iter()
             .map(|a| std::path::absolute(a).unwrap_or_else(|_| a.clone()))
             .collect();
-        let spec = crate::jobs::JobSpec::Index {
-            roots,
-            retry_failed: false,
-            allow_deletions: false,
-            include: Vec::new(),
-            exclude: Vec::new(),
-            follow_symlinks: false,
-            include_hidden: false,
-        };
+        let spec = crate::jobs::JobSpec::index(roots);
         jobs.submit(spec.clone())?;
         if args.rescan_minutes > 0 {
             let (jobs, every) = (jobs.clone(), Duration::from_secs(args.rescan_minutes * 60));
@@ -266,6 +264,38 @@ pub fn run(args: &ServeArgs) -> Result<()> {
         }
     }
 
+    let _watching = if args.watch {
+        let roots: Vec<PathBuf> = if args.archives.is_empty() {
+            index.roots()?.into_iter().map(|(_, p)| p).collect()
+        } else {
+            args.archives
+                .iter()
+                .map(|a| std::path::absolute(a).unwrap_or_else(|_| a.clone()))
+                .collect()
+        };
+        if roots.is_empty() {
+            return Err(SpotterError::Usage(
+                "--watch needs archive roots: give --archive DIR, or index one first".into(),
+            ));
+        }
+        let minutes = if args.rescan_minutes == 0 {
+            15
+        } else {
+            args.rescan_minutes
+        };
+        Some(crate::watch::start(
+            jobs.clone(),
+            crate::watch::WatchOptions {
+                roots,
+                debounce: Duration::from_secs(2),
+                max_delay: Duration::from_secs(10),
+                fallback_every: Duration::from_secs(minutes * 60),
+                index_dir: args.index.clone(),
+            },
+        )?)
+    } else {
+        None
+    };
     let config = ServerConfig {
         addr: args.addr,
         token,
