@@ -259,7 +259,8 @@ fn the_page_finds_the_cat_in_a_real_browser() {
         "2-viewer.png",
         "3-more-like-this.png",
         "4-empty.png",
-        "5-phone.png",
+        "5-jobs.png",
+        "6-phone.png",
     ] {
         assert!(artifacts.join(shot).is_file(), "{shot} missing");
     }

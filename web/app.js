@@ -14,8 +14,11 @@ function withToken(url) {
   return url + (url.includes("?") ? "&" : "?") + "token=" + encodeURIComponent(token);
 }
 
-async function api(path) {
-  const res = await fetch(withToken(path), { headers: token ? { Authorization: "Bearer " + token } : {} });
+async function api(path, payload) {
+  const headers = token ? { Authorization: "Bearer " + token } : {};
+  const init = payload === undefined ? { headers }
+    : { method: "POST", headers: { ...headers, "Content-Type": "application/json" }, body: JSON.stringify(payload) };
+  const res = await fetch(withToken(path), init);
   let body;
   try { body = await res.json(); } catch { body = { error: res.statusText }; }
   if (!res.ok) throw new Error(body.error || res.statusText);
@@ -157,7 +160,11 @@ function search(text) {
 }
 
 slider.addEventListener("input", () => { $("threshold-value").textContent = Number(slider.value).toFixed(2); });
-slider.addEventListener("change", () => { state.threshold = Number(slider.value); load(true); });
+slider.addEventListener("change", () => {
+  $("threshold-value").textContent = Number(slider.value).toFixed(2);
+  state.threshold = Number(slider.value);
+  load(true);
+});
 
 document.addEventListener("keydown", (e) => {
   if (e.key === "/" && document.activeElement !== input) { e.preventDefault(); input.focus(); input.select(); }
@@ -167,7 +174,71 @@ new IntersectionObserver((entries) => {
   if (entries.some((e) => e.isIntersecting)) load(false);
 }, { rootMargin: "400px" }).observe($("sentinel"));
 
+// Jobs: what the server is indexing, with progress; rescan and cancel (from this machine, or
+// with the token). Polled every 2 s while a job is queued or running, every 15 s otherwise.
+const JOB_NAMES = { index: "Index", rescan: "Rescan", retry_failed: "Retry failed", compact: "Compact" };
+let jobsTimer = null;
+
+function jobRow(job) {
+  const li = document.createElement("li");
+  li.className = "job " + job.state;
+  const p = job.progress || {};
+  const what = JOB_NAMES[job.spec.kind] || job.spec.kind;
+  const roots = (job.spec.roots || []).join(", ");
+  const label = document.createElement("span");
+  label.textContent = `#${job.id} ${what}${roots ? " " + roots : ""}: ${job.state.replace("_", " ")}`;
+  li.append(label);
+  if (job.state === "running" && p.files_total) {
+    const bar = document.createElement("progress");
+    bar.max = p.files_total;
+    bar.value = p.files_done;
+    const eta = p.eta_seconds ? `, ${Math.ceil(p.eta_seconds)} s left` : "";
+    bar.title = `${p.files_done} / ${p.files_total} images${eta}`;
+    li.append(bar, document.createTextNode(` ${p.files_done}/${p.files_total}${eta}`));
+  } else if (job.state === "running" && p.message) {
+    li.append(document.createTextNode(` (${p.message})`));
+  }
+  if (job.state === "done" && job.result && job.result.files_found !== undefined) {
+    const r = job.result;
+    li.append(document.createTextNode(` — ${r.indexed} indexed, ${r.unchanged} unchanged, ${r.failed.length} failed`));
+  }
+  if (job.state === "failed" && job.error) li.append(document.createTextNode(` — ${job.error}`));
+  if (job.state === "queued" || job.state === "running") {
+    const cancel = document.createElement("button");
+    cancel.type = "button";
+    cancel.textContent = "Cancel";
+    cancel.addEventListener("click", () => api(`/api/jobs/${job.id}/cancel`, {}).then(refreshJobs, showJobError));
+    li.append(cancel);
+  }
+  return li;
+}
+
+function showJobError(err) { setStatus(err.message, true); }
+
+async function refreshJobs() {
+  clearTimeout(jobsTimer);
+  let jobs = [];
+  try {
+    jobs = (await api("/api/jobs")).jobs;
+  } catch (err) {
+    $("jobs").hidden = true; // a server without jobs
+    return;
+  }
+  const active = jobs.filter((j) => j.state === "queued" || j.state === "running");
+  const running = active.find((j) => j.state === "running");
+  const p = running && running.progress;
+  $("jobs-summary").textContent = running
+    ? (p && p.files_total ? `Indexing ${p.files_done}/${p.files_total}` : "Working…")
+    : active.length ? `Jobs (${active.length} queued)` : "Jobs";
+  $("jobs-list").replaceChildren(...jobs.slice(0, 8).map(jobRow));
+  jobsTimer = setTimeout(refreshJobs, active.length ? 2000 : 15000);
+}
+
+$("jobs-rescan").addEventListener("click", () => api("/api/jobs", { kind: "rescan" }).then(refreshJobs, showJobError));
+$("jobs").addEventListener("toggle", refreshJobs);
+
 (async function init() {
+  refreshJobs();
   try {
     const stats = await api("/api/stats");
     slider.value = stats.default_threshold;

@@ -112,6 +112,16 @@ try {
   await page.waitForFunction(() => document.getElementById("status").textContent.includes("Nothing scored"));
   await page.screenshot({ path: join(out, "4-empty.png") });
 
+  // The jobs panel: a rescan queued from the page runs and shows its result.
+  await page.click("#jobs summary");
+  await page.click("#jobs-rescan");
+  await page.waitForFunction(() => [...document.querySelectorAll("#jobs-list li")]
+    .some((li) => li.textContent.includes("Rescan") && li.classList.contains("done")), null, { timeout: 30000 });
+  const jobRow = await page.textContent("#jobs-list li.done");
+  check(/unchanged/.test(jobRow), `finished rescan row: ${jobRow}`);
+  await page.screenshot({ path: join(out, "5-jobs.png") });
+  await page.click("#jobs summary");
+
   // A phone screen.
   const phone = await browser.newPage({ viewport: { width: 390, height: 844 }, isMobile: true });
   phone.on("pageerror", (e) => problems.push(`phone page error: ${e.message}`));
@@ -119,7 +129,7 @@ try {
   await phone.waitForSelector("#grid .card img");
   const overflow = await phone.evaluate(() => document.documentElement.scrollWidth > innerWidth + 1);
   check(!overflow, "the page scrolls sideways on a phone");
-  await phone.screenshot({ path: join(out, "5-phone.png") });
+  await phone.screenshot({ path: join(out, "6-phone.png") });
 
   check(problems.length === 0, `browser problems:\n${problems.join("\n")}`);
   console.log(JSON.stringify({ ok: true, first, viewer, similarFirst, screenshots: out }));
