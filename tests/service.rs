@@ -344,3 +344,77 @@ fn serve_watch_indexes_new_changed_moved_and_deleted_photos_within_seconds() {
     drop(server);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// A non-loopback IPv4 address of this machine, if it has one.
+fn own_lan_address() -> Option<String> {
+    let out = Command::new("hostname").arg("-I").output().ok()?;
+    String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .find(|a| {
+            a.parse::<std::net::Ipv4Addr>()
+                .is_ok_and(|ip| !ip.is_loopback())
+        })
+        .map(str::to_string)
+}
+
+#[test]
+fn without_a_token_only_this_machine_may_start_or_cancel_jobs() {
+    let Some(lan) = own_lan_address() else {
+        eprintln!("SKIPPED: this machine has no non-loopback IPv4 address");
+        return;
+    };
+    let dir = common::scratch("service-remote-admin");
+    let index = dir.join("index");
+    run_ok(&mut common::index_command(
+        &common::repo_root().join("data/samples"),
+        &index,
+    ));
+    let mut child = spotter()
+        .env("RUST_LOG", "error")
+        .args(["serve", "--device", "cpu", "--addr", "0.0.0.0:0", "--index"])
+        .arg(&index)
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(child.stdout.take().unwrap()),
+        &mut line,
+    )
+    .unwrap();
+    let port = line
+        .split("0.0.0.0:")
+        .nth(1)
+        .and_then(|rest| rest.split('/').next())
+        .unwrap_or_else(|| panic!("no port in {line:?}"))
+        .to_string();
+    let (remote, local) = (
+        format!("http://{lan}:{port}"),
+        format!("http://127.0.0.1:{port}"),
+    );
+    // Killed when the test ends, failed or not.
+    let _server = http::Server {
+        child,
+        base: local.clone(),
+    };
+    let rescan = serde_json::json!({"kind": "rescan"});
+    // From the LAN address (the connection's source is not loopback): reading yes, changing no.
+    let (status, answer) = http::post_json(&remote, "/api/jobs", &rescan);
+    assert_eq!(status, 403, "{answer}");
+    assert!(
+        answer["error"].as_str().unwrap().contains("token"),
+        "{answer}"
+    );
+    let (status, _) = http::json(&remote, "/api/jobs");
+    assert_eq!(status, 200);
+    let (status, job) = http::post_json(&local, "/api/jobs", &rescan);
+    assert_eq!(status, 202, "{job}");
+    let id = job["id"].as_u64().unwrap();
+    let (status, _) = http::post_json(
+        &remote,
+        &format!("/api/jobs/{id}/cancel"),
+        &serde_json::json!({}),
+    );
+    assert_eq!(status, 403);
+    let _ = std::fs::remove_dir_all(&dir);
+}
