@@ -104,33 +104,14 @@ fn search_and_stats_on_a_served_index_print_what_they_print_on_a_closed_one() {
     drop(server);
 
     // A server stopped normally removes its record.
-    let mut child = spotter()
-        .env("RUST_LOG", "error")
-        .args([
-            "serve",
-            "--device",
-            "cpu",
-            "--addr",
-            "127.0.0.1:0",
-            "--index",
-        ])
-        .arg(&index)
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut line = String::new();
-    std::io::BufRead::read_line(
-        &mut std::io::BufReader::new(child.stdout.take().unwrap()),
-        &mut line,
-    )
-    .unwrap();
-    assert!(record.exists(), "{line}");
+    let mut server = http::start(&index, &[]);
+    assert!(record.exists());
     let status = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
+        .args(["-TERM", &server.child.id().to_string()])
         .status()
         .unwrap();
     assert!(status.success());
-    assert!(child.wait().unwrap().success());
+    assert!(server.child.wait().unwrap().success());
     assert!(!record.exists(), "a stopped server removes its record");
     let _ = std::fs::remove_dir_all(&dir);
 }
@@ -369,34 +350,18 @@ fn without_a_token_only_this_machine_may_start_or_cancel_jobs() {
         &common::repo_root().join("data/samples"),
         &index,
     ));
-    let mut child = spotter()
-        .env("RUST_LOG", "error")
-        .args(["serve", "--device", "cpu", "--addr", "0.0.0.0:0", "--index"])
-        .arg(&index)
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut line = String::new();
-    std::io::BufRead::read_line(
-        &mut std::io::BufReader::new(child.stdout.take().unwrap()),
-        &mut line,
-    )
-    .unwrap();
-    let port = line
-        .split("0.0.0.0:")
-        .nth(1)
-        .and_then(|rest| rest.split('/').next())
-        .unwrap_or_else(|| panic!("no port in {line:?}"))
+    let server = http::start_on(&index, "0.0.0.0:0", &[], &[]);
+    let port = server
+        .base
+        .trim_end_matches('/')
+        .rsplit(':')
+        .next()
+        .unwrap()
         .to_string();
     let (remote, local) = (
         format!("http://{lan}:{port}"),
         format!("http://127.0.0.1:{port}"),
     );
-    // Killed when the test ends, failed or not.
-    let _server = http::Server {
-        child,
-        base: local.clone(),
-    };
     let rescan = serde_json::json!({"kind": "rescan"});
     // From the LAN address (the connection's source is not loopback): reading yes, changing no.
     let (status, answer) = http::post_json(&remote, "/api/jobs", &rescan);

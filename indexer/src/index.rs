@@ -554,17 +554,7 @@ impl Index {
                 self.vectors.insert(&items)?;
             }
         }
-        if !lost_images.is_empty() {
-            tracing::warn!(
-                images = lost_images.len(),
-                "the vector files lost the vectors of some images (a crash before they were saved); \
-                 their records are dropped and the next `spotter index` run indexes them again"
-            );
-            for (id, record) in &lost_images {
-                self.remove_image(*id, record)?;
-            }
-            self.store.flush()?;
-        }
+        self.drop_lost_images(lost_images)?;
         if !missing.is_empty() || !extra.is_empty() {
             self.vectors.persist()?;
         }
@@ -964,18 +954,28 @@ impl Index {
             return Ok(false);
         }
         if !lost.is_empty() {
-            tracing::warn!(
-                images = lost.len(),
-                "the vector files lost the vectors of some images (a crash before they were saved); \
-                 their records are dropped and the next `spotter index` run indexes them again"
-            );
-            for (id, record) in &lost {
-                self.remove_image(*id, record)?;
-            }
-            self.store.flush()?;
+            self.drop_lost_images(lost)?;
             self.vectors.persist()?;
         }
         Ok(true)
+    }
+
+    /// Drops the records of images whose vectors only the vector files held and lost (a crash
+    /// before they were saved), so that the next `spotter index` run indexes them again.
+    fn drop_lost_images(&self, lost: impl IntoIterator<Item = (u64, ImageRecord)>) -> Result<()> {
+        let lost: Vec<(u64, ImageRecord)> = lost.into_iter().collect();
+        if lost.is_empty() {
+            return Ok(());
+        }
+        tracing::warn!(
+            images = lost.len(),
+            "the vector files lost the vectors of some images (a crash before they were saved); \
+             their records are dropped and the next `spotter index` run indexes them again"
+        );
+        for (id, record) in &lost {
+            self.remove_image(*id, record)?;
+        }
+        self.store.flush()
     }
 
     /// An image record through a per-call cache (proposals of one image come together).

@@ -29,17 +29,16 @@ pub fn start(index: &Path, extra: &[&str]) -> Server {
 
 /// [`start`] with extra environment variables.
 pub fn start_with_env(index: &Path, extra: &[&str], env: &[(&str, &str)]) -> Server {
+    start_on(index, "127.0.0.1:0", extra, env)
+}
+
+/// [`start_with_env`] listening on `addr` (`base` is what the server prints, e.g.
+/// `http://0.0.0.0:PORT/` for a wildcard address).
+pub fn start_on(index: &Path, addr: &str, extra: &[&str], env: &[(&str, &str)]) -> Server {
     let mut child = spotter()
         .env("RUST_LOG", "error")
         .envs(env.iter().copied())
-        .args([
-            "serve",
-            "--device",
-            "cpu",
-            "--addr",
-            "127.0.0.1:0",
-            "--index",
-        ])
+        .args(["serve", "--device", "cpu", "--addr", addr, "--index"])
         .arg(index)
         .args(extra)
         .stdout(Stdio::piped())
@@ -60,12 +59,17 @@ pub fn start_with_env(index: &Path, extra: &[&str], env: &[(&str, &str)]) -> Ser
 /// A raw HTTP/1.1 GET (so that paths are sent exactly as written, `..` included).
 pub fn get(base: &str, path: &str, headers: &[(&str, &str)]) -> (u16, String, Vec<u8>) {
     let host = base.trim_start_matches("http://").trim_end_matches('/');
-    let mut stream = TcpStream::connect(host).unwrap();
+    let stream = TcpStream::connect(host).unwrap();
     let mut request = format!("GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n");
     for (k, v) in headers {
         request.push_str(&format!("{k}: {v}\r\n"));
     }
     request.push_str("\r\n");
+    exchange(stream, &request)
+}
+
+/// Sends `request` on `stream` and reads the whole response: status, head, de-chunked body.
+fn exchange(mut stream: TcpStream, request: &str) -> (u16, String, Vec<u8>) {
     stream.write_all(request.as_bytes()).unwrap();
     let mut raw = Vec::new();
     stream.read_to_end(&mut raw).unwrap();
@@ -88,28 +92,13 @@ pub fn get(base: &str, path: &str, headers: &[(&str, &str)]) -> (u16, String, Ve
 /// A raw HTTP/1.1 POST of a JSON body; the status and the JSON answer.
 pub fn post_json(base: &str, path: &str, body: &serde_json::Value) -> (u16, serde_json::Value) {
     let host = base.trim_start_matches("http://").trim_end_matches('/');
-    let mut stream = TcpStream::connect(host).unwrap();
+    let stream = TcpStream::connect(host).unwrap();
     let body = body.to_string();
     let request = format!(
         "POST {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
         body.len()
     );
-    stream.write_all(request.as_bytes()).unwrap();
-    let mut raw = Vec::new();
-    stream.read_to_end(&mut raw).unwrap();
-    let split = raw
-        .windows(4)
-        .position(|w| w == b"\r\n\r\n")
-        .expect("response head");
-    let head = String::from_utf8_lossy(&raw[..split]).to_string();
-    let status: u16 = head.split_whitespace().nth(1).unwrap().parse().unwrap();
-    let mut answer = raw[split + 4..].to_vec();
-    if head
-        .to_ascii_lowercase()
-        .contains("transfer-encoding: chunked")
-    {
-        answer = dechunk(&answer);
-    }
+    let (status, _, answer) = exchange(stream, &request);
     let value = serde_json::from_slice(&answer)
         .unwrap_or_else(|_| panic!("{path}: not JSON: {}", String::from_utf8_lossy(&answer)));
     (status, value)
