@@ -99,13 +99,15 @@ impl Cancel {
 }
 
 /// One matching object.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct ObjectHit {
     /// Proposal id (for "more like this"); a decimal string in JSON, since ids pass 2^53.
     #[serde(serialize_with = "id_as_string")]
+    #[schema(value_type = String, example = "4294967296")]
     pub proposal: u64,
     /// Image id (for `/api/images/{id}` and thumbnails); a decimal string in JSON.
     #[serde(serialize_with = "id_as_string")]
+    #[schema(value_type = String, example = "17")]
     pub image: u64,
     /// The model's probability for the best-matching concept.
     pub score: f32,
@@ -130,7 +132,7 @@ pub struct ObjectHit {
 }
 
 /// Time spent per stage, in milliseconds.
-#[derive(Debug, Clone, Default, Serialize)]
+#[derive(Debug, Clone, Default, Serialize, utoipa::ToSchema)]
 pub struct Timings {
     /// Text tower (0 on a cache hit).
     pub text_ms: f64,
@@ -141,7 +143,7 @@ pub struct Timings {
 }
 
 /// A page of results.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct SearchResult {
     /// The hits of this page, best first.
     pub hits: Vec<ObjectHit>,
@@ -154,10 +156,11 @@ pub struct SearchResult {
 }
 
 /// An image with all its matching boxes.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct ImageHit {
     /// Image id; a decimal string in JSON.
     #[serde(serialize_with = "id_as_string")]
+    #[schema(value_type = String, example = "17")]
     pub image: u64,
     /// Its best hit's score.
     pub score: f32,
@@ -174,7 +177,7 @@ pub struct ImageHit {
 }
 
 /// A page of images.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct ImageResult {
     /// Images of this page, best first.
     pub images: Vec<ImageHit>,

@@ -20,12 +20,13 @@ pub const JOBS_FILE: &str = "jobs.json";
 const FINISHED_KEPT: usize = 100;
 
 /// What a job does.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, utoipa::ToSchema)]
 #[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
 pub enum JobSpec {
     /// Index these archive roots (absolute paths): new, changed, moved and deleted files.
     Index {
         /// The roots.
+        #[schema(value_type = Vec<String>)]
         roots: Vec<PathBuf>,
         /// Retry files that failed before even if unchanged.
         #[serde(default)]
@@ -70,7 +71,7 @@ impl JobSpec {
 }
 
 /// Where a job is.
-#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum JobState {
     /// Waiting for the jobs before it.
@@ -85,8 +86,21 @@ pub enum JobState {
     Cancelled,
 }
 
+impl JobState {
+    /// The state as the API spells it.
+    pub fn name(self) -> &'static str {
+        match self {
+            JobState::Queued => "queued",
+            JobState::Running => "running",
+            JobState::Done => "done",
+            JobState::Failed => "failed",
+            JobState::Cancelled => "cancelled",
+        }
+    }
+}
+
 /// How far a running job is.
-#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, utoipa::ToSchema)]
 pub struct JobProgress {
     /// Files that need work, once the walk is done.
     pub files_total: Option<usize>,
@@ -105,7 +119,7 @@ pub struct JobProgress {
 }
 
 /// One job with its state.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, utoipa::ToSchema)]
 pub struct Job {
     /// Its number (increasing).
     pub id: u64,
@@ -122,9 +136,29 @@ pub struct Job {
     /// When it ended.
     pub finished: Option<u64>,
     /// What it did (an index job's report, a compaction's counts).
+    #[schema(value_type = Option<JobResult>)]
     pub result: Option<serde_json::Value>,
     /// Why it failed.
     pub error: Option<String>,
+}
+
+/// What a finished job did, as `result` holds it (kept as JSON in the jobs file).
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+#[serde(untagged)]
+pub enum JobResult {
+    /// An index, rescan or retry job: the indexer's report.
+    Index(spotter_indexer::pipeline::RunReport),
+    /// A compaction.
+    Compact(CompactReport),
+}
+
+/// What a compaction did.
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub struct CompactReport {
+    /// Deleted vectors dropped from the vector index.
+    pub dropped: usize,
+    /// Live vectors left.
+    pub live: usize,
 }
 
 /// What a job's code gets: its cancellation flag and a place to report progress.
@@ -361,7 +395,8 @@ impl Jobs {
             }
             _ => {
                 return Err(SpotterError::Usage(format!(
-                    "job {id} has already ended ({state:?})"
+                    "job {id} has already ended ({})",
+                    state.name()
                 )))
             }
         }

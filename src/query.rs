@@ -7,7 +7,7 @@
 //! - `2:cat, dog`: weights rank `cat` matches higher than `dog` matches.
 
 /// One thing to look for, with its weight.
-#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, utoipa::ToSchema)]
 pub struct Concept {
     /// Text given to the text tower.
     pub text: String,
@@ -16,7 +16,7 @@ pub struct Concept {
 }
 
 /// A parsed query.
-#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, utoipa::ToSchema)]
 pub struct Query {
     /// Concepts to find (OR).
     pub positives: Vec<Concept>,

@@ -19,7 +19,7 @@ pub type QueryVector = Arc<Vec<f32>>;
 type Flight = Arc<OnceLock<Option<QueryVector>>>;
 
 /// How the cache has been used since the server started.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct TextCacheStats {
     /// Texts held.
     pub entries: usize,

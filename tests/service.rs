@@ -383,3 +383,161 @@ fn without_a_token_only_this_machine_may_start_or_cancel_jobs() {
     assert_eq!(status, 403);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// Records exchanges with a live server for `scripts/check_openapi.py`.
+struct Recorder {
+    base: String,
+    exchanges: Vec<serde_json::Value>,
+}
+
+impl Recorder {
+    /// Records one answer under its documented `route` and returns its JSON body (if JSON).
+    fn record(
+        &mut self,
+        method: &str,
+        route: &str,
+        (status, head, body): (u16, String, Vec<u8>),
+    ) -> serde_json::Value {
+        let content_type = head
+            .lines()
+            .find_map(|l| {
+                let (name, value) = l.split_once(':')?;
+                name.eq_ignore_ascii_case("content-type")
+                    .then(|| value.trim().to_string())
+            })
+            .unwrap_or_default();
+        let json = if content_type.starts_with("application/json") {
+            serde_json::from_slice(&body).unwrap_or_else(|e| panic!("{route}: {e}"))
+        } else {
+            serde_json::Value::Null
+        };
+        self.exchanges.push(serde_json::json!({
+            "method": method, "route": route, "status": status,
+            "content_type": content_type, "body": json,
+        }));
+        json
+    }
+
+    fn get(&mut self, path: &str, route: &str) -> serde_json::Value {
+        let answer = http::get(&self.base, path, &[]);
+        self.record("get", route, answer)
+    }
+
+    fn post(&mut self, path: &str, route: &str, body: &str) -> serde_json::Value {
+        let answer = http::post(&self.base, path, "application/json", body.as_bytes());
+        self.record("post", route, answer)
+    }
+
+    fn status_of_last(&self) -> u64 {
+        self.exchanges.last().unwrap()["status"].as_u64().unwrap()
+    }
+}
+
+#[test]
+fn the_openapi_document_is_valid_and_describes_every_live_answer() {
+    let dir = common::scratch("service-openapi");
+    let (index, archive, more) = (dir.join("index"), dir.join("archive"), dir.join("more"));
+    common::distinct_photos(&archive, 4);
+    std::fs::write(archive.join("broken.jpg"), b"not a JPEG at all").unwrap();
+    run_ok(&mut common::index_command(&archive, &index));
+    common::distinct_photos(&more, 24);
+    let server = http::start(&index, &[]);
+    let mut api = Recorder {
+        base: server.base.trim_end_matches('/').to_string(),
+        exchanges: Vec::new(),
+    };
+
+    let spec = api.get("/api/openapi.json", "/api/openapi.json");
+    let objects = api.get("/api/search?q=cat&threshold=0", "/api/search");
+    assert!(!objects["hits"].as_array().unwrap().is_empty(), "{objects}");
+    let proposal = objects["hits"][0]["proposal"].as_str().unwrap().to_string();
+    let image = objects["hits"][0]["image"].as_str().unwrap().to_string();
+    api.get("/api/search?q=cat,-dog&group=images&k=2", "/api/search");
+    api.get("/api/search?q=cat&k=0", "/api/search");
+    api.get(
+        &format!("/api/similar/{proposal}"),
+        "/api/similar/{proposal}",
+    );
+    api.get(
+        &format!("/api/similar/{proposal}?group=images"),
+        "/api/similar/{proposal}",
+    );
+    api.get("/api/similar/x1", "/api/similar/{proposal}");
+    api.get("/api/similar/123456789", "/api/similar/{proposal}");
+    api.get(&format!("/api/images/{image}"), "/api/images/{id}");
+    api.get("/api/images/01", "/api/images/{id}");
+    api.get("/api/images/987654321", "/api/images/{id}");
+    api.get(&format!("/api/thumbs/{image}"), "/api/thumbs/{id}");
+    api.get("/api/thumbs/987654321", "/api/thumbs/{id}");
+    let stats = api.get("/api/stats", "/api/stats");
+    assert_eq!(stats["failed"], 1, "{stats}");
+    api.get("/api/failures", "/api/failures");
+    api.get("/api/health", "/api/health");
+
+    // Jobs: an index job (its result is the indexer's report), a queued job cancelled, a
+    // compaction (its own result), a finished job that cannot be cancelled, bad bodies.
+    let roots = serde_json::json!({ "kind": "index", "roots": [more] }).to_string();
+    let running = api.post("/api/jobs", "/api/jobs", &roots)["id"]
+        .as_u64()
+        .unwrap();
+    let queued = api.post("/api/jobs", "/api/jobs", r#"{"kind": "rescan"}"#)["id"]
+        .as_u64()
+        .unwrap();
+    api.post(
+        &format!("/api/jobs/{queued}/cancel"),
+        "/api/jobs/{id}/cancel",
+        "",
+    );
+    assert_eq!(api.status_of_last(), 200);
+    let compact = api.post("/api/jobs", "/api/jobs", r#"{"kind": "compact"}"#)["id"]
+        .as_u64()
+        .unwrap();
+    let bad = api.post("/api/jobs", "/api/jobs", r#"{"kind": "scan"}"#);
+    assert!(
+        bad["error"]
+            .as_str()
+            .unwrap()
+            .contains("unknown variant `scan`"),
+        "{bad}"
+    );
+    api.post("/api/jobs", "/api/jobs", "not json");
+    for id in [running, compact] {
+        assert_eq!(finished_job(&api.base, id)["state"], "done");
+        api.get(&format!("/api/jobs/{id}"), "/api/jobs/{id}");
+    }
+    api.post(
+        &format!("/api/jobs/{running}/cancel"),
+        "/api/jobs/{id}/cancel",
+        "",
+    );
+    assert_eq!(api.status_of_last(), 400);
+    api.get("/api/jobs/4242", "/api/jobs/{id}");
+    api.post("/api/jobs/4242/cancel", "/api/jobs/{id}/cancel", "");
+    let list = api.get("/api/jobs", "/api/jobs");
+    assert_eq!(list["jobs"].as_array().unwrap().len(), 3, "{list}");
+    drop(server);
+
+    // 401 is documented on every route: a server with a token, asked without it.
+    let server = http::start_with_env(&index, &[], &[("SPOTTER_TOKEN", "openapi-token")]);
+    api.base = server.base.trim_end_matches('/').to_string();
+    api.get("/api/stats", "/api/stats");
+    assert_eq!(api.status_of_last(), 401);
+    drop(server);
+
+    let spec_file = dir.join("openapi.json");
+    let exchanges_file = dir.join("exchanges.json");
+    std::fs::write(&spec_file, spec.to_string()).unwrap();
+    std::fs::write(
+        &exchanges_file,
+        serde_json::to_vec_pretty(&api.exchanges).unwrap(),
+    )
+    .unwrap();
+    common::run_python(
+        "check_openapi.py",
+        &[
+            spec_file.to_str().unwrap(),
+            exchanges_file.to_str().unwrap(),
+        ],
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}

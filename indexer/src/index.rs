@@ -116,28 +116,32 @@ pub struct ImageInfo {
 }
 
 /// Something the last run of an archive root could not walk, kept until that root's next run.
-#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, utoipa::ToSchema)]
 pub struct RootProblem {
     /// The archive root.
     #[serde(serialize_with = "crate::relpath::serialize_path")]
+    #[schema(value_type = String)]
     pub root: PathBuf,
     /// The folder, link or file (the root itself when it was skipped).
     #[serde(serialize_with = "crate::relpath::serialize_path")]
+    #[schema(value_type = String)]
     pub path: PathBuf,
     /// What went wrong.
     pub reason: String,
 }
 
 /// Counts and sizes of an index.
-#[derive(Debug, Clone, serde::Serialize)]
+#[derive(Debug, Clone, serde::Serialize, utoipa::ToSchema)]
 pub struct IndexStats {
     /// Index folder.
     #[serde(serialize_with = "crate::relpath::serialize_path")]
+    #[schema(value_type = String)]
     pub dir: PathBuf,
     /// Model package name.
     pub model: String,
     /// Archive roots.
     #[serde(serialize_with = "crate::relpath::serialize_paths")]
+    #[schema(value_type = Vec<String>)]
     pub roots: Vec<PathBuf>,
     /// Image records (indexed + failed).
     pub images: usize,

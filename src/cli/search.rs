@@ -82,7 +82,10 @@ pub fn run(args: &SearchArgs) -> Result<()> {
             Some(info) => spotter_indexer::relpath::display_path(&info.path),
             None => hit.path.clone(),
         };
-        let mut json = serde_json::to_value(hit)
+        // Through text, as a served index's hits come: an f32 then prints in its shortest
+        // form (`0.95198464`), not as the f64 it widens to (`0.9519846439361572`).
+        let mut json: serde_json::Value = serde_json::to_string(hit)
+            .and_then(|text| serde_json::from_str(&text))
             .map_err(|e| SpotterError::Internal(format!("cannot encode a hit as JSON: {e}")))?;
         json["path"] = serde_json::Value::String(path);
         hits.push(json);

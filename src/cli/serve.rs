@@ -122,10 +122,12 @@ fn job_runner(
             JobSpec::Compact => {
                 let dropped = index.deleted_vectors()?;
                 index.compact()?;
-                return Ok(serde_json::json!({
-                    "dropped": dropped,
-                    "live": index.vector_count()?,
-                }));
+                return job_result(crate::jobs::JobResult::Compact(
+                    crate::jobs::CompactReport {
+                        dropped,
+                        live: index.vector_count()?,
+                    },
+                ));
             }
             JobSpec::Index {
                 roots,
@@ -183,9 +185,13 @@ fn job_runner(
         for p in &report.walk_problems {
             tracing::warn!(path = %spotter_indexer::relpath::display_path(&p.path), reason = %p.reason, "not walked");
         }
-        serde_json::to_value(&report)
-            .map_err(|e| SpotterError::Internal(format!("cannot encode the report: {e}")))
+        job_result(crate::jobs::JobResult::Index(report))
     })
+}
+
+fn job_result(result: crate::jobs::JobResult) -> Result<serde_json::Value> {
+    serde_json::to_value(&result)
+        .map_err(|e| SpotterError::Internal(format!("cannot encode the job's result: {e}")))
 }
 
 /// Runs `spotter serve`.

@@ -6,6 +6,7 @@
 //! limit, and a stop
 //! (Ctrl-C, SIGTERM) ends within a bounded time.
 
+mod api;
 mod files;
 mod params;
 mod protect;
@@ -84,7 +85,7 @@ pub struct ApiError(StatusCode, String);
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        (self.0, Json(serde_json::json!({ "error": self.1 }))).into_response()
+        (self.0, Json(api::ErrorBody { error: self.1 })).into_response()
     }
 }
 
@@ -137,11 +138,6 @@ async fn file_work<T: Send + 'static>(
     .await
 }
 
-fn to_json<T: serde::Serialize>(value: &T) -> crate::error::Result<serde_json::Value> {
-    serde_json::to_value(value)
-        .map_err(|e| SpotterError::Internal(format!("cannot encode the answer as JSON: {e}")))
-}
-
 /// Builds the router (public for tests that drive it in-process).
 pub fn router(
     engine: Arc<SearchEngine>,
@@ -174,6 +170,7 @@ pub fn router(
         .route("/app.js", get(page_js))
         .route("/style.css", get(page_css))
         .route("/api/health", get(health))
+        .route("/api/openapi.json", get(openapi_json))
         .route("/api/stats", get(stats))
         .route("/api/failures", get(failures))
         .route("/api/jobs", get(list_jobs).post(submit_job))
@@ -337,24 +334,46 @@ async fn page_css() -> impl IntoResponse {
     )
 }
 
-async fn health() -> Json<serde_json::Value> {
-    Json(serde_json::json!({ "status": "ok" }))
+#[utoipa::path(get, path = "/api/health", tag = "server",
+    responses((status = 200, description = "The server answers", body = api::Health)))]
+async fn health() -> Json<api::Health> {
+    Json(api::Health {
+        status: "ok".into(),
+    })
 }
 
-async fn stats(State(state): State<Arc<AppState>>) -> ApiResult<Json<serde_json::Value>> {
+/// This document.
+#[utoipa::path(get, path = "/api/openapi.json", tag = "server",
+    responses((status = 200, description = "The OpenAPI 3 document of this API", body = Object, content_type = "application/json")))]
+async fn openapi_json() -> impl IntoResponse {
+    (
+        [(header::CONTENT_TYPE, "application/json")],
+        api::document(),
+    )
+}
+
+/// The index's counts and sizes, the default threshold and the query-text cache's use.
+#[utoipa::path(get, path = "/api/stats", tag = "index",
+    responses((status = 200, description = "Index statistics", body = api::StatsResponse)))]
+async fn stats(State(state): State<Arc<AppState>>) -> ApiResult<Json<api::StatsResponse>> {
     let engine = state.engine.clone();
-    let stats = blocking(move || Ok(engine.index().stats()?)).await?;
-    let mut value = to_json(&stats)?;
-    value["default_threshold"] = serde_json::json!(state.engine.scoring().default_threshold());
-    value["text_cache"] = serde_json::json!(state.engine.text_cache_stats());
-    Ok(Json(value))
+    let index = blocking(move || Ok(engine.index().stats()?)).await?;
+    Ok(Json(api::StatsResponse {
+        index,
+        default_threshold: state.engine.scoring().default_threshold(),
+        text_cache: state.engine.text_cache_stats(),
+    }))
 }
 
 /// Every file that failed to index, with its reason (what `spotter stats --failures` lists).
-async fn failures(State(state): State<Arc<AppState>>) -> ApiResult<Json<serde_json::Value>> {
+#[utoipa::path(get, path = "/api/failures", tag = "index",
+    responses((status = 200, description = "The files that failed", body = Vec<spotter_indexer::pipeline::Failure>)))]
+async fn failures(
+    State(state): State<Arc<AppState>>,
+) -> ApiResult<Json<Vec<spotter_indexer::pipeline::Failure>>> {
     let engine = state.engine.clone();
     let failures = blocking(move || Ok(engine.index().failures()?)).await?;
-    Ok(Json(to_json(&failures)?))
+    Ok(Json(failures))
 }
 
 fn jobs_of(state: &AppState) -> ApiResult<&crate::jobs::Jobs> {
@@ -385,69 +404,120 @@ fn job_id(text: &str) -> ApiResult<u64> {
 }
 
 /// Every job kept, newest first.
-async fn list_jobs(State(state): State<Arc<AppState>>) -> ApiResult<Json<serde_json::Value>> {
+#[utoipa::path(get, path = "/api/jobs", tag = "jobs",
+    responses((status = 200, description = "The jobs", body = api::JobList)))]
+async fn list_jobs(State(state): State<Arc<AppState>>) -> ApiResult<Json<api::JobList>> {
     let jobs = jobs_of(&state)?.list()?;
-    Ok(Json(serde_json::json!({ "jobs": to_json(&jobs)? })))
+    Ok(Json(api::JobList { jobs }))
 }
 
+/// One job.
+#[utoipa::path(get, path = "/api/jobs/{id}", tag = "jobs",
+    params(("id" = u64, Path, description = "The job's number")),
+    responses(
+        (status = 200, description = "The job", body = crate::jobs::Job),
+        (status = 404, description = "No such job", body = api::ErrorBody),
+    ))]
 async fn job(
     State(state): State<Arc<AppState>>,
     Path(id): Path<String>,
-) -> ApiResult<Json<serde_json::Value>> {
-    let job = jobs_of(&state)?.job(job_id(&id)?)?;
-    Ok(Json(to_json(&job)?))
+) -> ApiResult<Json<crate::jobs::Job>> {
+    Ok(Json(jobs_of(&state)?.job(job_id(&id)?)?))
 }
 
+/// Queues a job. Jobs run one at a time; one interrupted by a stop or a crash runs again when
+/// the server is back.
+#[utoipa::path(post, path = "/api/jobs", tag = "jobs",
+    request_body = crate::jobs::JobSpec,
+    responses(
+        (status = 202, description = "Queued", body = crate::jobs::Job),
+        (status = 400, description = "Not a job this server can run", body = api::ErrorBody),
+        (status = 403, description = "From another machine, and the server has no token", body = api::ErrorBody),
+    ))]
 async fn submit_job(
     State(state): State<Arc<AppState>>,
     Extension(axum::extract::ConnectInfo(peer)): Extension<axum::extract::ConnectInfo<SocketAddr>>,
-    Json(spec): Json<crate::jobs::JobSpec>,
-) -> ApiResult<(StatusCode, Json<serde_json::Value>)> {
+    body: axum::body::Bytes,
+) -> ApiResult<(StatusCode, Json<crate::jobs::Job>)> {
     admin(&state, peer)?;
+    // Parsed here rather than by axum's extractor, so that a wrong body gets serde's precise
+    // message ("unknown variant `scan`, expected one of ...") instead of a bare status.
+    let spec: crate::jobs::JobSpec = serde_json::from_slice(&body).map_err(|e| {
+        ApiError(
+            StatusCode::BAD_REQUEST,
+            format!("the body is not a job ({e}); see /api/openapi.json, schema JobSpec"),
+        )
+    })?;
     let job = jobs_of(&state)?.submit(spec)?;
-    Ok((StatusCode::ACCEPTED, Json(to_json(&job)?)))
+    Ok((StatusCode::ACCEPTED, Json(job)))
 }
 
+/// Cancels a queued job, or stops a running one between two files (what it wrote is kept, no
+/// record is deleted).
+#[utoipa::path(post, path = "/api/jobs/{id}/cancel", tag = "jobs",
+    params(("id" = u64, Path, description = "The job's number")),
+    responses(
+        (status = 200, description = "The job: cancelled if it was queued, stopping if it was running", body = crate::jobs::Job),
+        (status = 400, description = "The job has already ended", body = api::ErrorBody),
+        (status = 403, description = "From another machine, and the server has no token", body = api::ErrorBody),
+        (status = 404, description = "No such job", body = api::ErrorBody),
+    ))]
 async fn cancel_job(
     State(state): State<Arc<AppState>>,
     Extension(axum::extract::ConnectInfo(peer)): Extension<axum::extract::ConnectInfo<SocketAddr>>,
     Path(id): Path<String>,
-) -> ApiResult<Json<serde_json::Value>> {
+) -> ApiResult<Json<crate::jobs::Job>> {
     admin(&state, peer)?;
-    let job = jobs_of(&state)?.cancel(job_id(&id)?)?;
-    Ok(Json(to_json(&job)?))
+    Ok(Json(jobs_of(&state)?.cancel(job_id(&id)?)?))
 }
 
+/// Objects matching a text query, best first (or images with their boxes, `group=images`).
+#[utoipa::path(get, path = "/api/search", tag = "search",
+    params(api::SearchParameters, api::PageParameters),
+    responses(
+        (status = 200, description = "A page of hits", body = api::SearchResponse),
+        (status = 400, description = "A bad parameter", body = api::ErrorBody),
+    ))]
 async fn search(
     State(state): State<Arc<AppState>>,
     Extension(cancel): Extension<Cancel>,
     Query(raw): Query<RawParams>,
-) -> ApiResult<Json<serde_json::Value>> {
+) -> ApiResult<Json<api::SearchResponse>> {
     let (query, mut params, group_images) =
         parse_search(&raw, true).map_err(|e| ApiError(StatusCode::BAD_REQUEST, e))?;
     let query =
         query.ok_or_else(|| ApiError(StatusCode::BAD_REQUEST, "missing parameter q".into()))?;
     params.cancel = cancel;
     let engine = state.engine.clone();
-    let parsed = to_json(&query)?;
-    let mut value = blocking(move || {
-        if group_images {
-            to_json(&engine.search_images(&query, &params)?)
+    let parsed = query.clone();
+    let page = blocking(move || {
+        Ok(if group_images {
+            api::SearchPage::Images(engine.search_images(&query, &params)?)
         } else {
-            to_json(&engine.search(&query, &params)?)
-        }
+            api::SearchPage::Objects(engine.search(&query, &params)?)
+        })
     })
     .await?;
-    value["query"] = parsed;
-    Ok(Json(value))
+    Ok(Json(api::SearchResponse {
+        page,
+        query: parsed,
+    }))
 }
 
+/// "More like this": objects like one indexed proposal, using its own embedding as the query.
+#[utoipa::path(get, path = "/api/similar/{proposal}", tag = "search",
+    params(("proposal" = String, Path, description = "A proposal id (decimal)"), api::PageParameters),
+    responses(
+        (status = 200, description = "A page of hits", body = api::SearchPage),
+        (status = 400, description = "A bad parameter or id", body = api::ErrorBody),
+        (status = 404, description = "No such proposal", body = api::ErrorBody),
+    ))]
 async fn similar(
     State(state): State<Arc<AppState>>,
     Extension(cancel): Extension<Cancel>,
     Path(proposal): Path<String>,
     Query(raw): Query<RawParams>,
-) -> ApiResult<Json<serde_json::Value>> {
+) -> ApiResult<Json<api::SearchPage>> {
     let proposal = canonical_id(&proposal).ok_or_else(|| {
         ApiError(
             StatusCode::BAD_REQUEST,
@@ -458,16 +528,16 @@ async fn similar(
         parse_search(&raw, false).map_err(|e| ApiError(StatusCode::BAD_REQUEST, e))?;
     params.cancel = cancel;
     let engine = state.engine.clone();
-    let value = blocking(move || {
+    let page = blocking(move || {
         let result = engine.similar(proposal, &params)?;
-        if group_images {
-            to_json(&crate::engine::group_by_image(result))
+        Ok(if group_images {
+            api::SearchPage::Images(crate::engine::group_by_image(result))
         } else {
-            to_json(&result)
-        }
+            api::SearchPage::Objects(result)
+        })
     })
     .await?;
-    Ok(Json(value))
+    Ok(Json(page))
 }
 
 /// An id in its one canonical spelling: decimal digits, no sign, no leading zero.
@@ -504,6 +574,15 @@ fn content_type(path: &std::path::Path) -> &'static str {
     }
 }
 
+/// The original file, streamed. Only the indexed image is ever served: it must be a regular
+/// file whose content hashes to the indexed BLAKE3.
+#[utoipa::path(get, path = "/api/images/{id}", tag = "images",
+    params(("id" = String, Path, description = "An image id (decimal)")),
+    responses(
+        (status = 200, description = "The file's bytes, typed by its extension", content(("image/*"), ("application/octet-stream"))),
+        (status = 400, description = "Not an image id", body = api::ErrorBody),
+        (status = 404, description = "No such image, or its file is gone or changed", body = api::ErrorBody),
+    ))]
 async fn original(
     State(state): State<Arc<AppState>>,
     Path(id): Path<String>,
@@ -571,6 +650,14 @@ fn verified_stream(
     )
 }
 
+/// A JPEG thumbnail in displayed orientation (longest side `--thumb-size`).
+#[utoipa::path(get, path = "/api/thumbs/{id}", tag = "images",
+    params(("id" = String, Path, description = "An image id (decimal)")),
+    responses(
+        (status = 200, description = "A JPEG", content_type = "image/jpeg"),
+        (status = 400, description = "Not an image id", body = api::ErrorBody),
+        (status = 404, description = "No such image, or its file is gone or changed", body = api::ErrorBody),
+    ))]
 async fn thumbnail(
     State(state): State<Arc<AppState>>,
     Path(id): Path<String>,

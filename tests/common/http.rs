@@ -65,12 +65,12 @@ pub fn get(base: &str, path: &str, headers: &[(&str, &str)]) -> (u16, String, Ve
         request.push_str(&format!("{k}: {v}\r\n"));
     }
     request.push_str("\r\n");
-    exchange(stream, &request)
+    exchange(stream, request.as_bytes())
 }
 
 /// Sends `request` on `stream` and reads the whole response: status, head, de-chunked body.
-fn exchange(mut stream: TcpStream, request: &str) -> (u16, String, Vec<u8>) {
-    stream.write_all(request.as_bytes()).unwrap();
+fn exchange(mut stream: TcpStream, request: &[u8]) -> (u16, String, Vec<u8>) {
+    stream.write_all(request).unwrap();
     let mut raw = Vec::new();
     stream.read_to_end(&mut raw).unwrap();
     let split = raw
@@ -89,16 +89,22 @@ fn exchange(mut stream: TcpStream, request: &str) -> (u16, String, Vec<u8>) {
     (status, head, body)
 }
 
-/// A raw HTTP/1.1 POST of a JSON body; the status and the JSON answer.
-pub fn post_json(base: &str, path: &str, body: &serde_json::Value) -> (u16, serde_json::Value) {
+/// A raw HTTP/1.1 POST of `body`: status, head, de-chunked body.
+pub fn post(base: &str, path: &str, content_type: &str, body: &[u8]) -> (u16, String, Vec<u8>) {
     let host = base.trim_start_matches("http://").trim_end_matches('/');
     let stream = TcpStream::connect(host).unwrap();
-    let body = body.to_string();
-    let request = format!(
-        "POST {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+    let mut request = format!(
+        "POST {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\n\r\n",
         body.len()
-    );
-    let (status, _, answer) = exchange(stream, &request);
+    )
+    .into_bytes();
+    request.extend_from_slice(body);
+    exchange(stream, &request)
+}
+
+/// A raw HTTP/1.1 POST of a JSON body; the status and the JSON answer.
+pub fn post_json(base: &str, path: &str, body: &serde_json::Value) -> (u16, serde_json::Value) {
+    let (status, _, answer) = post(base, path, "application/json", body.to_string().as_bytes());
     let value = serde_json::from_slice(&answer)
         .unwrap_or_else(|_| panic!("{path}: not JSON: {}", String::from_utf8_lossy(&answer)));
     (status, value)

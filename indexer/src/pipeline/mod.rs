@@ -93,17 +93,18 @@ impl IndexRequest {
 }
 
 /// A file that could not be indexed.
-#[derive(Debug, Clone, Serialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, PartialEq, utoipa::ToSchema)]
 pub struct Failure {
     /// The file.
     #[serde(serialize_with = "crate::relpath::serialize_path")]
+    #[schema(value_type = String)]
     pub path: PathBuf,
     /// Why.
     pub reason: String,
 }
 
 /// What a run did.
-#[derive(Debug, Clone, Default, Serialize)]
+#[derive(Debug, Clone, Default, Serialize, utoipa::ToSchema)]
 pub struct RunReport {
     /// Image files found by the walk.
     pub files_found: usize,
