@@ -19,6 +19,10 @@ const CACHE_CAPACITY: usize = 4096;
 
 /// Largest page size.
 pub const MAX_K: usize = 1000;
+/// Most images one [`SearchEngine::score_images`] call scores.
+pub const MAX_SCORED_IMAGES: usize = 1000;
+/// Most concepts one [`SearchEngine::score_images`] call scores (LVIS has 1203 categories).
+pub const MAX_SCORED_CONCEPTS: usize = 2000;
 
 /// Ids are 64-bit (shard bits above 2^36, proposal ranks below 2^16), past the 2^53 that a
 /// JavaScript number holds exactly, so JSON carries them as decimal strings.
@@ -420,6 +424,69 @@ impl SearchEngine {
             })?;
             Ok(self.scoring().query_vector(first))
         })
+    }
+
+    /// Every proposal of each image at `paths` (absolute, as indexed; `None` for one the index
+    /// does not hold), with the model's probability for each of `concepts`. The concepts are
+    /// embedded as one batch on every call, so every caller (`spotter eval` on a closed index,
+    /// or through `POST /api/proposals`) gets the same numbers for the same list.
+    pub fn score_images(
+        &self,
+        paths: &[std::path::PathBuf],
+        concepts: &[String],
+        cancel: &Cancel,
+    ) -> Result<Vec<Option<Vec<crate::eval::EvalProposal>>>> {
+        if paths.len() > MAX_SCORED_IMAGES || concepts.len() > MAX_SCORED_CONCEPTS {
+            return Err(SpotterError::Usage(format!(
+                "at most {MAX_SCORED_IMAGES} images and {MAX_SCORED_CONCEPTS} concepts at once \
+                 (got {} and {})",
+                paths.len(),
+                concepts.len()
+            )));
+        }
+        if let Some(long) = concepts
+            .iter()
+            .find(|c| c.trim().is_empty() || c.len() > crate::query::MAX_QUERY_BYTES)
+        {
+            return Err(SpotterError::Usage(format!(
+                "each concept must be 1 to {} bytes of text, not {:?}",
+                crate::query::MAX_QUERY_BYTES,
+                long.chars().take(40).collect::<String>()
+            )));
+        }
+        let names: Vec<&str> = concepts.iter().map(String::as_str).collect();
+        let queries: Vec<Vec<f32>> = if names.is_empty() {
+            Vec::new()
+        } else {
+            self.text
+                .embed_queries(&names)?
+                .iter()
+                .map(|t| self.scoring().query_vector(t))
+                .collect()
+        };
+        let index = self.index();
+        let mut out = Vec::with_capacity(paths.len());
+        for path in paths {
+            cancel.check()?;
+            let Some((id, _)) = index.image_at(path)? else {
+                out.push(None);
+                continue;
+            };
+            let proposals = index
+                .proposals_of(id)?
+                .into_iter()
+                .map(|(_, p, v)| crate::eval::EvalProposal {
+                    bbox: p.bbox,
+                    objectness: p.objectness,
+                    probs: queries
+                        .iter()
+                        .map(|q| self.scoring().score(q, &v))
+                        .collect(),
+                })
+                .collect();
+            out.push(Some(proposals));
+        }
+        Ok(out)
     }
 
     /// How the query-text cache has been used.

@@ -105,14 +105,17 @@ impl TruthBox {
     }
 }
 
-/// One proposal as evaluation sees it.
-#[derive(Debug, Clone, PartialEq)]
+/// One proposal as evaluation sees it (and as `POST /api/proposals` sends it).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct EvalProposal {
     /// `[x1, y1, x2, y2]` in image pixels.
+    #[serde(rename = "box")]
     pub bbox: [f32; 4],
     /// Objectness: the proposal order for recall.
     pub objectness: f32,
-    /// Probability per category, in the order of the `categories` given to [`evaluate`].
+    /// Probability per category, in the order of the `categories` given to [`evaluate`] (the
+    /// `concepts` of the request).
+    #[serde(rename = "scores")]
     pub probs: Vec<f32>,
 }
 

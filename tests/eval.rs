@@ -84,3 +84,59 @@ fn eval_matches_the_python_reference_and_the_starter_baseline() {
         assert!((got - want).abs() <= 0.03, "{key}: {got}, baseline {want} (update tests/data/starter_eval_baseline.json only for an intended change)");
     }
 }
+
+/// `spotter eval` on an index a running server holds goes through `POST /api/proposals` and
+/// prints exactly what it prints on the closed index, in text and in JSON, missing images
+/// included.
+#[test]
+fn eval_on_a_served_index_prints_what_it_prints_on_a_closed_one() {
+    let root = scratch("eval-served");
+    let set = root.join("set");
+    run_python("make_eval_set.py", &[&set.display().to_string()]);
+    let images = set.join("images");
+    let annotations = set.join("annotations.json");
+    let index = root.join("index");
+    run_ok(&mut index_command(&images, &index));
+    // One labelled image that is not in the index: counted as having no proposals, with a
+    // warning, on both paths.
+    let mut coco = read_json(&annotations);
+    let mut extra = coco["images"][0].clone();
+    extra["id"] = serde_json::json!(987_654);
+    extra["file_name"] = serde_json::json!("not-indexed.jpg");
+    coco["images"].as_array_mut().unwrap().push(extra);
+    let labels = root.join("labels.json");
+    std::fs::write(&labels, coco.to_string()).unwrap();
+
+    let eval = |json: bool| {
+        let mut command = spotter();
+        command
+            .env("RUST_LOG", "error")
+            .args(["eval", "--device", "cpu", "--annotations"])
+            .arg(&labels)
+            .arg("--images")
+            .arg(&images)
+            .arg("--index")
+            .arg(&index);
+        if json {
+            command.arg("--json");
+        }
+        let out = command.output().unwrap();
+        assert!(out.status.success(), "{out:?}");
+        (out.stdout, String::from_utf8_lossy(&out.stderr).to_string())
+    };
+    let closed = [eval(false), eval(true)];
+    assert!(closed[0].1.contains("1 of"), "{}", closed[0].1);
+    let server = common::http::start(&index, &[]);
+    let served = [eval(false), eval(true)];
+    for (c, s) in closed.iter().zip(&served) {
+        assert_eq!(
+            String::from_utf8_lossy(&c.0),
+            String::from_utf8_lossy(&s.0),
+            "served and closed reports differ"
+        );
+        assert_eq!(c.1, s.1);
+    }
+    // (The closed path cannot open an index a server holds: these went through the server.)
+    drop(server);
+    let _ = std::fs::remove_dir_all(&root);
+}

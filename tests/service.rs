@@ -469,6 +469,27 @@ fn the_openapi_document_is_valid_and_describes_every_live_answer() {
     api.get("/api/images/987654321", "/api/images/{id}");
     api.get(&format!("/api/thumbs/{image}"), "/api/thumbs/{id}");
     api.get("/api/thumbs/987654321", "/api/thumbs/{id}");
+    let archive_path = archive.canonicalize().unwrap();
+    let scored = api.post(
+        "/api/proposals",
+        "/api/proposals",
+        &serde_json::json!({
+            "paths": [archive_path.join("p000.png"), archive_path.join("nowhere.png")],
+            "concepts": ["cat", "coffee cup"],
+        })
+        .to_string(),
+    );
+    assert_eq!(
+        scored["images"][0][0]["scores"].as_array().unwrap().len(),
+        2
+    );
+    assert!(scored["images"][1].is_null(), "{scored}");
+    api.post(
+        "/api/proposals",
+        "/api/proposals",
+        r#"{"paths": ["relative.png"], "concepts": ["cat"]}"#,
+    );
+    assert_eq!(api.status_of_last(), 400);
     let stats = api.get("/api/stats", "/api/stats");
     assert_eq!(stats["failed"], 1, "{stats}");
     api.get("/api/failures", "/api/failures");

@@ -8,9 +8,9 @@ use std::sync::Arc;
 use clap::{Args, ValueEnum};
 use serde::Deserialize;
 use spotter_indexer::Index;
-use spotter_model::{Scoring, TextTower};
 
 use super::ModelArgs;
+use crate::engine::{Cancel, SearchEngine, MAX_SCORED_IMAGES};
 use crate::error::{Result, SpotterError};
 use crate::eval::{evaluate, Coco, CrowdRule, EvalImage, EvalProposal, EvalReport, TruthBox};
 
@@ -155,56 +155,52 @@ fn from_results(coco: &Coco, path: &Path) -> Result<(Vec<EvalImage>, bool)> {
     Ok((images, scored))
 }
 
-/// The images of `coco` with their proposals from an index, scored against the category names.
+/// The images of `coco` with their proposals from an index, scored against the category
+/// names: through the server when one holds the index (the same numbers, computed by the same
+/// code), directly otherwise.
 fn from_index(
     args: &EvalArgs,
     coco: &Coco,
     index_dir: &Path,
     images_dir: &Path,
 ) -> Result<Vec<EvalImage>> {
-    let index = Arc::new(Index::open(index_dir)?);
-    let mut model = args.model.clone();
-    model.model = index.meta().model.clone();
-    let package = model.package()?;
-    index.check_model(&package)?;
-    let text = TextTower::load(&package, &model.runtime())?;
-    let scoring = Scoring::new(&package.manifest.scoring);
-    let names: Vec<&str> = coco.categories.iter().map(|c| c.name.as_str()).collect();
-    let queries: Vec<Vec<f32>> = text
-        .embed_queries(&names)?
-        .iter()
-        .map(|t| scoring.query_vector(t))
-        .collect();
-
     let images_dir = images_dir
         .canonicalize()
         .map_err(|source| SpotterError::Io {
             path: images_dir.to_path_buf(),
             source,
         })?;
+    let paths: Vec<PathBuf> = coco
+        .images
+        .iter()
+        .map(|image| images_dir.join(&image.file_name))
+        .collect();
+    let names: Vec<String> = coco.categories.iter().map(|c| c.name.clone()).collect();
+    let scored = match crate::served::find(index_dir)? {
+        Some(server) => served_proposals(&server, &paths, &names)?,
+        None => {
+            let index = Arc::new(Index::open(index_dir)?);
+            let mut model = args.model.clone();
+            model.model = index.meta().model.clone();
+            let engine = SearchEngine::new(index, model.package()?, &model.runtime(), 1)?;
+            let mut scored = Vec::with_capacity(paths.len());
+            for batch in paths.chunks(MAX_SCORED_IMAGES) {
+                scored.extend(engine.score_images(batch, &names, &Cancel::new())?);
+            }
+            scored
+        }
+    };
+
     let mut truth = truth_of(coco);
     let mut evaluated = Vec::with_capacity(coco.images.len());
     let mut missing = Vec::new();
-    for image in &coco.images {
-        let path = images_dir.join(&image.file_name);
-        let found = index.image_at(&path)?;
-        let mut proposals = Vec::new();
-        match found {
-            Some((id, _)) => {
-                for (_, p, v) in index.proposals_of(id)? {
-                    let probs = queries.iter().map(|q| scoring.score(q, &v)).collect();
-                    proposals.push(EvalProposal {
-                        bbox: p.bbox,
-                        objectness: p.objectness,
-                        probs,
-                    });
-                }
-            }
-            None => missing.push(image.file_name.clone()),
+    for (image, proposals) in coco.images.iter().zip(scored) {
+        if proposals.is_none() {
+            missing.push(image.file_name.clone());
         }
         evaluated.push(EvalImage {
             truth: truth.remove(&image.id).unwrap_or_default(),
-            proposals,
+            proposals: proposals.unwrap_or_default(),
         });
     }
     if !missing.is_empty() {
@@ -217,6 +213,63 @@ fn from_index(
         );
     }
     Ok(evaluated)
+}
+
+/// The scored proposals of `paths` from the server holding the index, in batches whose answers
+/// stay well under the client's 10 MB limit (sized from the index's proposals per image).
+fn served_proposals(
+    server: &crate::served::ServedIndex,
+    paths: &[PathBuf],
+    names: &[String],
+) -> Result<Vec<Option<Vec<EvalProposal>>>> {
+    let stats = server.get("/api/stats")?;
+    let per_image = stats["proposals"].as_f64().unwrap_or(0.0)
+        / stats["indexed"].as_f64().unwrap_or(1.0).max(1.0);
+    // ~12 bytes per score, ~100 per proposal around them.
+    let bytes_per_image = per_image.max(1.0) * (12.0 * names.len() as f64 + 100.0);
+    let batch = ((ANSWER_BUDGET_BYTES / bytes_per_image) as usize).clamp(1, MAX_SCORED_IMAGES);
+    let mut scored = Vec::with_capacity(paths.len());
+    for chunk in paths.chunks(batch) {
+        let texts = chunk
+            .iter()
+            .map(|p| {
+                p.to_str().map(str::to_string).ok_or_else(|| {
+                    SpotterError::Usage(format!(
+                        "{} is not UTF-8 text, which a served index cannot be asked about; stop \
+                         the server to evaluate this folder",
+                        p.display()
+                    ))
+                })
+            })
+            .collect::<Result<Vec<String>>>()?;
+        let body = serde_json::json!({ "paths": texts, "concepts": names });
+        let answer: ProposalsAnswer = serde_json::from_value(server.post("/api/proposals", &body)?)
+            .map_err(|e| {
+                SpotterError::Internal(format!(
+                    "the server at {} sent proposals it did not describe: {e}",
+                    server.url()
+                ))
+            })?;
+        if answer.images.len() != chunk.len() {
+            return Err(SpotterError::Internal(format!(
+                "the server at {} answered {} images for {} paths",
+                server.url(),
+                answer.images.len(),
+                chunk.len()
+            )));
+        }
+        scored.extend(answer.images);
+    }
+    Ok(scored)
+}
+
+/// Bytes a served batch's answer aims at.
+const ANSWER_BUDGET_BYTES: f64 = 4_000_000.0;
+
+/// `POST /api/proposals`'s answer, as this client reads it.
+#[derive(Deserialize)]
+struct ProposalsAnswer {
+    images: Vec<Option<Vec<EvalProposal>>>,
 }
 
 /// Runs `spotter eval`.

@@ -65,6 +65,25 @@ pub struct JobList {
     pub jobs: Vec<Job>,
 }
 
+/// `POST /api/proposals`: which images, scored against which concepts.
+#[derive(Debug, serde::Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ProposalsRequest {
+    /// Absolute paths of indexed images, as the index holds them (at most 1000).
+    pub paths: Vec<String>,
+    /// Texts to score every proposal against, embedded together (at most 2000, each 1–1000
+    /// bytes).
+    pub concepts: Vec<String>,
+}
+
+/// `POST /api/proposals`: for each requested path, in order, every proposal of that image with
+/// its probability for each concept, or `null` when the index does not hold the image.
+#[derive(Debug, Serialize, serde::Deserialize, ToSchema)]
+pub struct ProposalsResponse {
+    /// One entry per path.
+    pub images: Vec<Option<Vec<crate::eval::EvalProposal>>>,
+}
+
 /// The text parameter of `GET /api/search` (with [`PageParameters`]; read by
 /// `params::parse_search`).
 #[derive(IntoParams)]
@@ -202,6 +221,7 @@ impl Modify for BearerToken {
     paths(
         super::search,
         super::similar,
+        super::proposals,
         super::original,
         super::thumbnail,
         super::stats,
@@ -270,6 +290,7 @@ mod tests {
         for route in [
             "/api/search",
             "/api/similar/{proposal}",
+            "/api/proposals",
             "/api/images/{id}",
             "/api/thumbs/{id}",
             "/api/stats",

@@ -65,6 +65,8 @@ pub struct ServerConfig {
 /// Most file operations (originals, thumbnails) running at once; more requests wait (bounded by
 /// the request timeout), so a stalled disk can hold at most this many blocking threads.
 const MAX_FILE_WORK: usize = 32;
+/// Largest `POST /api/proposals` body (every other body is limited to 16 KiB).
+const MAX_PROPOSALS_BODY: usize = 1024 * 1024;
 /// How long a stop waits for requests in flight before the process exits anyway.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 
@@ -180,6 +182,14 @@ pub fn router(
         .route("/api/similar/{proposal}", get(similar))
         .route("/api/images/{id}", get(original))
         .route("/api/thumbs/{id}", get(thumbnail))
+        .layer(tower_http::limit::RequestBodyLimitLayer::new(16 * 1024))
+        // A list of paths and concepts (an evaluation's batch) is larger than any other body.
+        .route(
+            "/api/proposals",
+            axum::routing::post(proposals).layer(tower_http::limit::RequestBodyLimitLayer::new(
+                MAX_PROPOSALS_BODY,
+            )),
+        )
         .fallback(not_found)
         .layer(middleware::from_fn_with_state(
             state.clone(),
@@ -194,7 +204,6 @@ pub fn router(
             protect::check_host,
         ))
         .layer(middleware::from_fn(protect::header_limits))
-        .layer(tower_http::limit::RequestBodyLimitLayer::new(16 * 1024))
         .layer(middleware::from_fn(protect::harden))
         .with_state(state)
 }
@@ -538,6 +547,41 @@ async fn similar(
     })
     .await?;
     Ok(Json(page))
+}
+
+/// Every proposal of the given indexed images, with the model's probability for each concept
+/// (what `spotter eval` reads from a served index).
+#[utoipa::path(post, path = "/api/proposals", tag = "search",
+    request_body = api::ProposalsRequest,
+    responses(
+        (status = 200, description = "The proposals, one entry per path", body = api::ProposalsResponse),
+        (status = 400, description = "Not such a request, or over its limits", body = api::ErrorBody),
+        (status = 413, description = "A body over 1 MiB", body = api::ErrorBody),
+    ))]
+async fn proposals(
+    State(state): State<Arc<AppState>>,
+    Extension(cancel): Extension<Cancel>,
+    body: axum::body::Bytes,
+) -> ApiResult<Json<api::ProposalsResponse>> {
+    let request: api::ProposalsRequest = serde_json::from_slice(&body).map_err(|e| {
+        ApiError(
+            StatusCode::BAD_REQUEST,
+            format!("the body is not a proposals request ({e}); see /api/openapi.json"),
+        )
+    })?;
+    let paths: Vec<std::path::PathBuf> = request.paths.iter().map(Into::into).collect();
+    if let Some(relative) = paths.iter().find(|p| !p.is_absolute()) {
+        return Err(ApiError(
+            StatusCode::BAD_REQUEST,
+            format!(
+                "paths must be absolute, not {:?}",
+                relative.display().to_string()
+            ),
+        ));
+    }
+    let engine = state.engine.clone();
+    let images = blocking(move || engine.score_images(&paths, &request.concepts, &cancel)).await?;
+    Ok(Json(api::ProposalsResponse { images }))
 }
 
 /// An id in its one canonical spelling: decimal digits, no sign, no leading zero.
