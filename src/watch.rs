@@ -44,7 +44,7 @@ pub fn start(jobs: Jobs, options: WatchOptions) -> Result<WatchHandle> {
     let mut watcher = match notify::recommended_watcher(tx) {
         Ok(w) => Some(w),
         Err(e) => {
-            tracing::warn!(error = %e, "file-system events are unavailable here: every root is rescanned every {} minutes instead", options.fallback_every.as_secs() / 60);
+            tracing::warn!(error = %e, "file-system events are unavailable here: every root is rescanned every {} instead", humane(options.fallback_every));
             None
         }
     };
@@ -57,7 +57,7 @@ pub fn start(jobs: Jobs, options: WatchOptions) -> Result<WatchHandle> {
     for root in &options.roots {
         let root = root.canonicalize().unwrap_or(root.clone());
         if let Some(kind) = network_filesystem(&root) {
-            tracing::warn!(root = %root.display(), filesystem = kind, "this root is a network mount: changes made by other machines raise no events here, so it is rescanned every {} minutes instead (--rescan-minutes)", options.fallback_every.as_secs() / 60);
+            tracing::warn!(root = %root.display(), filesystem = kind, "this root is a network mount: changes made by other machines raise no events here, so it is rescanned every {} instead (--rescan-minutes)", humane(options.fallback_every));
             polled.push(root);
             continue;
         }
@@ -71,9 +71,9 @@ pub fn start(jobs: Jobs, options: WatchOptions) -> Result<WatchHandle> {
                 let limit = matches!(e.kind, notify::ErrorKind::MaxFilesWatch)
                     || matches!(&e.kind, notify::ErrorKind::Io(io) if io.raw_os_error() == Some(libc::ENOSPC));
                 if limit {
-                    tracing::warn!(root = %root.display(), "the inotify watch limit is reached, so this root is rescanned every {} minutes instead; raise the limit with `sudo sysctl fs.inotify.max_user_watches=1048576` (and in /etc/sysctl.d/ to keep it)", options.fallback_every.as_secs() / 60);
+                    tracing::warn!(root = %root.display(), "the inotify watch limit is reached, so this root is rescanned every {} instead; raise the limit with `sudo sysctl fs.inotify.max_user_watches=1048576` (and in /etc/sysctl.d/ to keep it)", humane(options.fallback_every));
                 } else {
-                    tracing::warn!(root = %root.display(), error = %e, "cannot watch this root: it is rescanned every {} minutes instead", options.fallback_every.as_secs() / 60);
+                    tracing::warn!(root = %root.display(), error = %e, "cannot watch this root: it is rescanned every {} instead", humane(options.fallback_every));
                 }
                 if let Some(w) = watcher.as_mut() {
                     let _ = w.unwatch(&root);
@@ -104,6 +104,17 @@ pub fn start(jobs: Jobs, options: WatchOptions) -> Result<WatchHandle> {
         "watching the archive roots for changes"
     );
     Ok(WatchHandle { _watcher: watcher })
+}
+
+/// A period in words: `15 minutes`, `90 seconds`, `1 minute`.
+fn humane(period: Duration) -> String {
+    let seconds = period.as_secs();
+    match seconds {
+        60 => "1 minute".into(),
+        s if s % 60 == 0 => format!("{} minutes", s / 60),
+        1 => "1 second".into(),
+        s => format!("{s} seconds"),
+    }
 }
 
 /// Queues an index job of `roots` unless an identical one is still waiting.
@@ -204,5 +215,13 @@ mod tests {
     fn local_folders_are_not_network_mounts() {
         let dir = tempfile::tempdir().unwrap();
         assert_eq!(network_filesystem(dir.path()), None);
+    }
+
+    #[test]
+    fn periods_read_as_people_say_them() {
+        assert_eq!(humane(Duration::from_secs(900)), "15 minutes");
+        assert_eq!(humane(Duration::from_secs(60)), "1 minute");
+        assert_eq!(humane(Duration::from_secs(90)), "90 seconds");
+        assert_eq!(humane(Duration::from_secs(3)), "3 seconds");
     }
 }

@@ -562,3 +562,115 @@ fn the_openapi_document_is_valid_and_describes_every_live_answer() {
     );
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// A FUSE mount (bindfs) of a folder, unmounted when dropped.
+struct FuseMount(std::path::PathBuf);
+
+impl FuseMount {
+    /// Mounts `source` at `target` with bindfs, or says why it cannot.
+    fn bind(source: &Path, target: &Path) -> Result<Self, String> {
+        std::fs::create_dir_all(target).unwrap();
+        let out = Command::new("bindfs")
+            .arg(source)
+            .arg(target)
+            .output()
+            .map_err(|e| format!("bindfs cannot run here ({e}); install the bindfs package"))?;
+        if !out.status.success() {
+            return Err(format!(
+                "bindfs could not mount (FUSE unavailable?): {}",
+                String::from_utf8_lossy(&out.stderr).trim()
+            ));
+        }
+        Ok(FuseMount(target.to_path_buf()))
+    }
+}
+
+impl Drop for FuseMount {
+    fn drop(&mut self) {
+        let _ = Command::new("fusermount").arg("-u").arg(&self.0).status();
+    }
+}
+
+#[test]
+fn serve_watch_rescans_a_network_mount_periodically_and_says_so_once() {
+    let dir = common::scratch("service-watch-fuse");
+    let (source, mount, index) = (dir.join("source"), dir.join("mount"), dir.join("index"));
+    common::distinct_photos(&source, 2);
+    let _mount = match FuseMount::bind(&source, &mount) {
+        Ok(m) => m,
+        Err(why) => {
+            eprintln!("SKIPPED: {why}");
+            return;
+        }
+    };
+    // The mount is a root of the index; no --archive, so the only periodic rescans are the
+    // watcher's fallback for roots it cannot watch.
+    run_ok(&mut common::index_command(&mount, &index));
+    let log = dir.join("serve.log");
+    let mut child = spotter()
+        .env("RUST_LOG", "warn")
+        .args([
+            "serve",
+            "--device",
+            "cpu",
+            "--addr",
+            "127.0.0.1:0",
+            "--index",
+        ])
+        .arg(&index)
+        .args(["--watch", "--rescan-minutes", "0.05"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(child.stdout.take().unwrap()),
+        &mut line,
+    )
+    .unwrap();
+    let base = line
+        .split_whitespace()
+        .find(|w| w.starts_with("http://"))
+        .unwrap_or_else(|| panic!("no address in {line:?}"))
+        .trim_end_matches('/')
+        .to_string();
+    let indexed = || {
+        http::json(&base, "/api/stats").1["indexed"]
+            .as_u64()
+            .unwrap()
+    };
+    let wait_for = |count: u64| {
+        for _ in 0..300 {
+            if indexed() == count {
+                return;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+        panic!(
+            "{count} images not indexed within 30 s (have {})",
+            indexed()
+        );
+    };
+    wait_for(2);
+    // Written beside the mount, as another machine would: no event reaches this one, the
+    // periodic rescan (every 3 s here) finds it.
+    let photos = dir.join("photos");
+    common::distinct_photos(&photos, 4);
+    std::fs::copy(photos.join("p003.png"), source.join("from-elsewhere.png")).unwrap();
+    wait_for(3);
+    std::thread::sleep(std::time::Duration::from_secs(4)); // at least one more rescan
+    let _ = child.kill();
+    let _ = child.wait();
+    let text = std::fs::read_to_string(&log).unwrap();
+    let warnings: Vec<&str> = text
+        .lines()
+        .filter(|l| l.contains("network mount"))
+        .collect();
+    assert_eq!(warnings.len(), 1, "said once, not at every rescan:\n{text}");
+    assert!(
+        warnings[0].contains("fuse") && warnings[0].contains("every 3 seconds"),
+        "{text}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -40,9 +40,9 @@ pub struct ServeArgs {
     /// Archives to index in the background while serving (the index grows as you search).
     #[arg(long = "archive", value_name = "DIR")]
     pub archives: Vec<PathBuf>,
-    /// Re-scan the archives every N minutes (0: once at start).
-    #[arg(long, default_value_t = 0)]
-    pub rescan_minutes: u64,
+    /// Re-scan the archives every N minutes (0: once at start; fractions work, 0.5 is 30 s).
+    #[arg(long, default_value_t = 0.0, value_parser = minutes)]
+    pub rescan_minutes: f64,
     /// Follow file-system events under the archive roots (--archive, else every root the index
     /// knows) and index new, changed, moved and deleted photos within seconds. Roots on network
     /// mounts, or past the inotify watch limit, are rescanned every --rescan-minutes (15 when
@@ -194,6 +194,19 @@ fn job_result(result: crate::jobs::JobResult) -> Result<serde_json::Value> {
         .map_err(|e| SpotterError::Internal(format!("cannot encode the job's result: {e}")))
 }
 
+/// `--rescan-minutes`: a finite number of minutes, 0 or at least one second, at most a year.
+fn minutes(text: &str) -> std::result::Result<f64, String> {
+    let value: f64 = text
+        .trim()
+        .parse()
+        .map_err(|_| format!("'{text}' is not a number of minutes"))?;
+    if value == 0.0 || (value.is_finite() && (1.0 / 60.0..=525_600.0).contains(&value)) {
+        Ok(value)
+    } else {
+        Err("give 0 (no periodic rescan) or between 1/60 (one second) and 525600 minutes".into())
+    }
+}
+
 /// Runs `spotter serve`.
 pub fn run(args: &ServeArgs) -> Result<()> {
     let token = token_of(args)?;
@@ -243,8 +256,11 @@ pub fn run(args: &ServeArgs) -> Result<()> {
             .collect();
         let spec = crate::jobs::JobSpec::index(roots);
         jobs.submit(spec.clone())?;
-        if args.rescan_minutes > 0 {
-            let (jobs, every) = (jobs.clone(), Duration::from_secs(args.rescan_minutes * 60));
+        if args.rescan_minutes > 0.0 {
+            let (jobs, every) = (
+                jobs.clone(),
+                Duration::from_secs_f64(args.rescan_minutes * 60.0),
+            );
             std::thread::Builder::new()
                 .name("spotter-rescan".into())
                 .spawn(move || loop {
@@ -284,8 +300,8 @@ pub fn run(args: &ServeArgs) -> Result<()> {
                 "--watch needs archive roots: give --archive DIR, or index one first".into(),
             ));
         }
-        let minutes = if args.rescan_minutes == 0 {
-            15
+        let minutes = if args.rescan_minutes == 0.0 {
+            15.0
         } else {
             args.rescan_minutes
         };
@@ -295,7 +311,7 @@ pub fn run(args: &ServeArgs) -> Result<()> {
                 roots,
                 debounce: Duration::from_secs(2),
                 max_delay: Duration::from_secs(10),
-                fallback_every: Duration::from_secs(minutes * 60),
+                fallback_every: Duration::from_secs_f64(minutes * 60.0),
                 index_dir: args.index.clone(),
             },
         )?)
