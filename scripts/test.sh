@@ -25,6 +25,19 @@ if [[ ! -x /usr/bin/chromium && -z "${CHROMIUM:-}" ]]; then
     sudo apt-get update -qq && sudo DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null
   fi
 fi
+# The container test (tests/deploy.rs) builds the image with Debian's Docker FROM a base made with
+# debootstrap (no image registry needed); scripts/container.sh starts dockerd when none runs.
+CONTAINER_PACKAGES=()
+command -v docker >/dev/null 2>&1 || CONTAINER_PACKAGES+=(docker.io)
+command -v debootstrap >/dev/null 2>&1 || [[ -x /usr/sbin/debootstrap ]] || CONTAINER_PACKAGES+=(debootstrap)
+if ((${#CONTAINER_PACKAGES[@]})); then
+  echo; echo "==> ${CONTAINER_PACKAGES[*]} for the container test (Debian packages)"
+  if [[ $(id -u) -eq 0 ]]; then
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${CONTAINER_PACKAGES[@]}" >/dev/null
+  else
+    sudo apt-get update -qq && sudo DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${CONTAINER_PACKAGES[@]}" >/dev/null
+  fi
+fi
 if [[ ! -d web/tests/node_modules/playwright-core ]]; then
   echo; echo "==> playwright-core for the browser test (npm)"
   (cd web/tests && npm install --no-package-lock --no-audit --no-fund --silent)
