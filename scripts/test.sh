@@ -26,12 +26,15 @@ if [[ ! -x /usr/bin/chromium && -z "${CHROMIUM:-}" ]]; then
   fi
 fi
 # The container test (tests/deploy.rs) builds the image with Debian's Docker FROM a base made with
-# debootstrap (no image registry needed); scripts/container.sh starts dockerd when none runs.
+# debootstrap (no image registry needed); scripts/container.sh starts dockerd when none runs (a
+# docker client alone is not enough). The network-mount watch test mounts a folder with bindfs
+# (FUSE).
 CONTAINER_PACKAGES=()
-command -v docker >/dev/null 2>&1 || CONTAINER_PACKAGES+=(docker.io)
+command -v dockerd >/dev/null 2>&1 || [[ -x /usr/sbin/dockerd ]] || CONTAINER_PACKAGES+=(docker.io)
 command -v debootstrap >/dev/null 2>&1 || [[ -x /usr/sbin/debootstrap ]] || CONTAINER_PACKAGES+=(debootstrap)
+command -v bindfs >/dev/null 2>&1 || CONTAINER_PACKAGES+=(bindfs)
 if ((${#CONTAINER_PACKAGES[@]})); then
-  echo; echo "==> ${CONTAINER_PACKAGES[*]} for the container test (Debian packages)"
+  echo; echo "==> ${CONTAINER_PACKAGES[*]} for the container and mount tests (Debian packages)"
   if [[ $(id -u) -eq 0 ]]; then
     apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${CONTAINER_PACKAGES[@]}" >/dev/null
   else

@@ -44,7 +44,8 @@ pub struct Filters {
 }
 
 impl Filters {
-    fn accepts(&self, hit: &HitRecord) -> bool {
+    /// Whether the image of `hit` passes every filter.
+    pub(crate) fn accepts(&self, hit: &HitRecord) -> bool {
         self.path_prefix
             .as_ref()
             .is_none_or(|p| hit.rel_path.starts_with(p.as_str()))
@@ -339,7 +340,6 @@ impl ConceptSearch {
         record: &HitRecord,
         threshold: f32,
     ) -> Option<ObjectHit> {
-        let p = &record.proposal;
         let v = &record.vector;
         let (mut best, mut best_rank, mut best_concept) = (f32::MIN, f32::MIN, "");
         for concept in positives {
@@ -357,19 +357,32 @@ impl ConceptSearch {
         {
             return None;
         }
-        Some(ObjectHit {
+        Some(ObjectHit::new(
+            record,
+            best,
+            best_concept.to_string(),
+            best_rank,
+        ))
+    }
+}
+
+impl ObjectHit {
+    /// The hit of proposal `record` matching `concept` with probability `score`, ranked `rank`.
+    pub(crate) fn new(record: &HitRecord, score: f32, concept: String, rank: f32) -> Self {
+        let p = &record.proposal;
+        ObjectHit {
             proposal: record.id,
             image: p.image,
-            score: best,
-            concept: best_concept.to_string(),
+            score,
+            concept,
             bbox: p.bbox,
             objectness: p.objectness,
             root: record.root,
             path: record.rel_path.display(),
             width: record.width,
             height: record.height,
-            rank: best_rank,
-        })
+            rank,
+        }
     }
 }
 
@@ -494,8 +507,82 @@ impl SearchEngine {
         self.cache.stats()
     }
 
-    /// Runs a parsed text query.
+    /// The concepts (and whether all came from the cache) of `texts`.
+    fn concepts_of(
+        &self,
+        texts: &[crate::query::Concept],
+        params: &SearchParams,
+        uncached: &mut bool,
+    ) -> Result<Vec<Concept>> {
+        let mut out = Vec::with_capacity(texts.len());
+        for c in texts {
+            params.cancel.check()?;
+            let (vector, hit) = self.query_vector(&c.text)?;
+            *uncached |= !hit;
+            out.push(Concept {
+                label: c.text.clone(),
+                weight: c.weight,
+                vector,
+            });
+        }
+        Ok(out)
+    }
+
+    /// At least `want` photos holding every term of an `&` query (fewer when no more exist).
+    fn together(
+        &self,
+        query: &Query,
+        params: &SearchParams,
+        want: usize,
+    ) -> Result<crate::together::TogetherPage> {
+        let t0 = Instant::now();
+        let mut uncached = false;
+        let mut requirements = Vec::with_capacity(query.together.len());
+        for term in &query.together {
+            requirements.push(self.concepts_of(term, params, &mut uncached)?);
+        }
+        let mut negatives = Vec::new();
+        for n in &query.negatives {
+            params.cancel.check()?;
+            let (v, hit) = self.query_vector(n)?;
+            uncached |= !hit;
+            negatives.push(v);
+        }
+        let text_ms = if uncached {
+            t0.elapsed().as_secs_f64() * 1e3
+        } else {
+            0.0
+        };
+        let mut page = self
+            .concepts
+            .together(&requirements, &negatives, params, want)?;
+        page.timings.text_ms = text_ms;
+        Ok(page)
+    }
+
+    /// Runs a parsed text query. For an `&` query the hits are the matched boxes of each
+    /// matching photo, photo by photo (best photo first, its boxes in the query's order).
     pub fn search(&self, query: &Query, params: &SearchParams) -> Result<SearchResult> {
+        if !query.together.is_empty() {
+            let per_photo = query.together.len();
+            let want = (params.offset + params.k + 1).div_ceil(per_photo);
+            let page = self.together(query, params, want)?;
+            let threshold = params
+                .threshold
+                .unwrap_or(self.scoring().default_threshold());
+            let boxes: Vec<ObjectHit> = page.photos.into_iter().flat_map(|p| p.boxes).collect();
+            let more = boxes.len() > params.offset + params.k;
+            return Ok(SearchResult {
+                hits: boxes
+                    .into_iter()
+                    .skip(params.offset)
+                    .take(params.k)
+                    .collect(),
+                next_offset: more.then_some(params.offset + params.k),
+                threshold,
+                timings: page.timings,
+            });
+        }
         let t0 = Instant::now();
         let mut uncached = false;
         let mut positives = Vec::new();
@@ -539,6 +626,24 @@ impl SearchEngine {
     /// Runs a query and groups its hits by image: each image with all its matching boxes,
     /// ranked by its best hit; `params.k`/`offset` count images.
     pub fn search_images(&self, query: &Query, params: &SearchParams) -> Result<ImageResult> {
+        if !query.together.is_empty() {
+            let page = self.together(query, params, params.offset + params.k + 1)?;
+            let more = page.photos.len() > params.offset + params.k;
+            return Ok(ImageResult {
+                images: page
+                    .photos
+                    .into_iter()
+                    .skip(params.offset)
+                    .take(params.k)
+                    .filter_map(crate::together::PhotoMatch::into_image_hit)
+                    .collect(),
+                next_offset: more.then_some(params.offset + params.k),
+                threshold: params
+                    .threshold
+                    .unwrap_or(self.scoring().default_threshold()),
+                timings: page.timings,
+            });
+        }
         let mut object_params = params.clone();
         object_params.offset = 0;
         object_params.k = ((params.offset + params.k + 1) * 4).max(64);
@@ -760,6 +865,140 @@ mod tests {
             .iter()
             .map(|h| (h.proposal, h.score, h.concept.clone()))
             .collect()
+    }
+
+    /// Photos holding every requirement by the documented rule, by brute force over every
+    /// choice of distinct boxes: (image, weakest rank) best first.
+    fn exact_together(
+        search: &ConceptSearch,
+        requirements: &[Vec<Concept>],
+        negatives: &[Arc<Vec<f32>>],
+        params: &SearchParams,
+    ) -> Vec<(u64, f32)> {
+        let index = search.index();
+        let threshold = params.threshold.unwrap_or(0.05);
+        let sc = search.scoring();
+        let mut photos = Vec::new();
+        for image in index.images() {
+            let (id, _) = image.expect("image");
+            let ids: Vec<u64> = index
+                .proposals_of(id)
+                .expect("proposals")
+                .into_iter()
+                .map(|(pid, _, _)| pid)
+                .collect();
+            let boxes = index.hit_records(&ids).expect("records");
+            if !boxes.first().is_some_and(|b| params.filters.accepts(b)) {
+                continue;
+            }
+            let rank = |r: &[Concept], b: &HitRecord| -> Option<f32> {
+                let (mut prob, mut rank) = (0.0f32, f32::MIN);
+                for c in r {
+                    let p = sc.probability(dot(&c.vector, &b.vector));
+                    if p * c.weight > rank {
+                        (prob, rank) = (p, p * c.weight);
+                    }
+                }
+                let vetoed = negatives
+                    .iter()
+                    .any(|n| sc.probability(dot(n, &b.vector)) > prob);
+                (prob >= threshold && !vetoed).then_some(rank)
+            };
+            // Every injective choice of boxes, as index tuples.
+            fn choices(k: usize, n: usize, prefix: &mut Vec<usize>, out: &mut Vec<Vec<usize>>) {
+                if prefix.len() == k {
+                    out.push(prefix.clone());
+                    return;
+                }
+                for b in 0..n {
+                    if !prefix.contains(&b) {
+                        prefix.push(b);
+                        choices(k, n, prefix, out);
+                        prefix.pop();
+                    }
+                }
+            }
+            let mut all = Vec::new();
+            choices(requirements.len(), boxes.len(), &mut Vec::new(), &mut all);
+            let best = all
+                .iter()
+                .filter_map(|choice| {
+                    choice
+                        .iter()
+                        .enumerate()
+                        .map(|(r, &b)| rank(&requirements[r], &boxes[b]))
+                        .try_fold(f32::INFINITY, |low, x| x.map(|x| low.min(x)))
+                })
+                .fold(None, |best: Option<f32>, x| {
+                    Some(best.map_or(x, |b| b.max(x)))
+                });
+            if let Some(best) = best {
+                photos.push((id, best));
+            }
+        }
+        photos.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
+        photos
+    }
+
+    #[test]
+    fn objects_together_match_an_exact_per_photo_check() {
+        let (_dir, search) = index(800);
+        let mut rng = Rng(23);
+        for round in 0..4 {
+            let (a, b, c) = (rng.unit(), rng.unit(), rng.unit());
+            let mut requirements = vec![
+                vec![concept("a", 1.0, a.clone()), concept("a2", 0.5, rng.unit())],
+                vec![concept("b", 2.0, b)],
+            ];
+            if round == 3 {
+                requirements.push(vec![concept("c", 1.0, c)]);
+            }
+            let negatives = if round == 1 {
+                vec![Arc::new({
+                    let mut n = rng.unit();
+                    n.push(1.0);
+                    n
+                })]
+            } else {
+                Vec::new()
+            };
+            let mut p = params(5, 0);
+            if round == 2 {
+                p.filters.path_prefix = Some("cats/".into());
+            }
+            let want = exact_together(&search, &requirements, &negatives, &p);
+            assert!(
+                want.len() > 12,
+                "round {round}: the test needs matches: {}",
+                want.len()
+            );
+            // The first photos the engine calls final are the exact first ones.
+            for n in [1, 5, 12] {
+                let got = search.together(&requirements, &negatives, &p, n).unwrap();
+                assert!(got.photos.len() >= n);
+                let top: Vec<(u64, f32)> = got
+                    .photos
+                    .iter()
+                    .take(n)
+                    .map(|m| (m.image, m.rank))
+                    .collect();
+                assert_eq!(top, want[..n].to_vec(), "round {round}, {n} photos");
+                for photo in &got.photos {
+                    let images: Vec<u64> = photo.boxes.iter().map(|h| h.image).collect();
+                    assert!(images.iter().all(|&i| i == photo.image));
+                    let mut ids: Vec<u64> = photo.boxes.iter().map(|h| h.proposal).collect();
+                    ids.dedup();
+                    assert_eq!(ids.len(), requirements.len(), "one box per requirement");
+                }
+            }
+            // Asking for everything returns exactly every matching photo.
+            let all = search
+                .together(&requirements, &negatives, &p, 10_000)
+                .unwrap();
+            assert!(all.complete);
+            let every: Vec<(u64, f32)> = all.photos.iter().map(|m| (m.image, m.rank)).collect();
+            assert_eq!(every, want, "round {round}");
+        }
     }
 
     #[test]

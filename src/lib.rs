@@ -14,6 +14,7 @@ pub mod query;
 pub mod served;
 pub mod server;
 pub mod text_cache;
+pub mod together;
 pub mod watch;
 
 pub use error::{Result, SpotterError};

@@ -18,16 +18,21 @@ pub struct Concept {
 /// A parsed query.
 #[derive(Debug, Clone, PartialEq, serde::Serialize, utoipa::ToSchema)]
 pub struct Query {
-    /// Concepts to find (OR).
+    /// Concepts to find (OR); for an `&` query, every concept of every term.
     pub positives: Vec<Concept>,
     /// Concepts whose better matches are dropped.
     pub negatives: Vec<String>,
+    /// For `a & b`: the terms a photo must all hold, each matched by its own box (a term's
+    /// concepts are alternatives); empty for other queries.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub together: Vec<Vec<Concept>>,
 }
 
 /// Longest accepted query, in bytes.
 pub const MAX_QUERY_BYTES: usize = 1000;
 
-fn split_top_level(q: &str) -> Vec<String> {
+/// Splits `q` at every `separator` outside quotes.
+fn split_top_level(q: &str, separator: char) -> Vec<String> {
     let mut items = Vec::new();
     let mut current = String::new();
     let mut quoted = false;
@@ -37,7 +42,7 @@ fn split_top_level(q: &str) -> Vec<String> {
                 quoted = !quoted;
                 current.push(c);
             }
-            ',' if !quoted => items.push(std::mem::take(&mut current)),
+            c if c == separator && !quoted => items.push(std::mem::take(&mut current)),
             _ => current.push(c),
         }
     }
@@ -84,11 +89,57 @@ pub fn parse(q: &str) -> Result<Query, String> {
     if q.matches('"').count() % 2 == 1 {
         return Err("unbalanced quote in the query".into());
     }
+    let terms = split_top_level(q, '&');
+    if terms.len() > 1 {
+        return parse_together(&terms);
+    }
     let mut query = Query {
         positives: Vec::new(),
         negatives: Vec::new(),
+        together: Vec::new(),
     };
-    for item in split_top_level(q) {
+    parse_alternatives(q, &mut query);
+    if query.positives.is_empty() {
+        return Err(if query.negatives.is_empty() {
+            "the query is empty".into()
+        } else {
+            "the query only excludes things; add something to look for, e.g. \"cat -dog\"".into()
+        });
+    }
+    Ok(query)
+}
+
+/// `a & b & …`: every term parsed as a query of its own (alternatives, weights); negatives
+/// apply to all.
+fn parse_together(terms: &[String]) -> Result<Query, String> {
+    if terms.len() > crate::together::MAX_REQUIREMENTS {
+        return Err(format!(
+            "at most {} terms can be joined with &",
+            crate::together::MAX_REQUIREMENTS
+        ));
+    }
+    let mut query = Query {
+        positives: Vec::new(),
+        negatives: Vec::new(),
+        together: Vec::new(),
+    };
+    for term in terms {
+        let before = query.positives.len();
+        parse_alternatives(term, &mut query);
+        if query.positives.len() == before {
+            return Err(format!(
+                "each side of & needs something to look for (\"{}\" has nothing), e.g. \"cat & sofa\"",
+                term.trim()
+            ));
+        }
+        query.together.push(query.positives[before..].to_vec());
+    }
+    Ok(query)
+}
+
+/// Adds the comma-separated alternatives of `q` (and its `-negatives`) to `query`.
+fn parse_alternatives(q: &str, query: &mut Query) {
+    for item in split_top_level(q, ',') {
         let mut words = Vec::new();
         let mut weight = 1.0;
         for (i, token) in tokens(&item).into_iter().enumerate() {
@@ -114,14 +165,6 @@ pub fn parse(q: &str) -> Result<Query, String> {
             query.positives.push(Concept { text, weight });
         }
     }
-    if query.positives.is_empty() {
-        return Err(if query.negatives.is_empty() {
-            "the query is empty".into()
-        } else {
-            "the query only excludes things; add something to look for, e.g. \"cat -dog\"".into()
-        });
-    }
-    Ok(query)
 }
 
 #[cfg(test)]
@@ -175,5 +218,28 @@ mod tests {
         assert!(parse("-dog").unwrap_err().contains("only excludes"));
         assert!(parse("\"cat").unwrap_err().contains("quote"));
         assert!(parse(&"x".repeat(10_000)).unwrap_err().contains("limit"));
+        assert!(parse("cat & ").unwrap_err().contains("each side of &"));
+        assert!(parse("cat & -dog").unwrap_err().contains("each side of &"));
+        assert!(parse(&["a"; 9].join(" & "))
+            .unwrap_err()
+            .contains("at most"));
+    }
+
+    #[test]
+    fn parses_objects_together() {
+        let q = parse("cat, 2:kitten & sofa -dog").unwrap();
+        assert_eq!(
+            q.together,
+            vec![vec![c("cat", 1.0), c("kitten", 2.0)], vec![c("sofa", 1.0)]]
+        );
+        assert_eq!(
+            q.positives,
+            vec![c("cat", 1.0), c("kitten", 2.0), c("sofa", 1.0)]
+        );
+        assert_eq!(q.negatives, vec!["dog".to_string()]);
+        // Inside quotes, & is text.
+        let q = parse("\"salt & pepper\"").unwrap();
+        assert!(q.together.is_empty());
+        assert_eq!(q.positives, vec![c("salt & pepper", 1.0)]);
     }
 }

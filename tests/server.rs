@@ -296,3 +296,149 @@ fn serve_can_index_an_archive_in_the_background_while_answering() {
     let (_, result) = json(&server.base, "/api/search?q=cat");
     assert_eq!(result["hits"][0]["path"], "chelsea.png");
 }
+
+/// The best weakest match of photo `boxes` (each box's scores, one per concept) over every
+/// choice of distinct boxes for the concepts, at or above `threshold`.
+fn best_weakest(boxes: &[Vec<f64>], k: usize, threshold: f64) -> Option<f64> {
+    fn go(
+        r: usize,
+        k: usize,
+        boxes: &[Vec<f64>],
+        used: &mut Vec<usize>,
+        low: f64,
+        t: f64,
+    ) -> Option<f64> {
+        if r == k {
+            return Some(low);
+        }
+        let mut best: Option<f64> = None;
+        for b in 0..boxes.len() {
+            if used.contains(&b) || boxes[b][r] < t {
+                continue;
+            }
+            used.push(b);
+            if let Some(v) = go(r + 1, k, boxes, used, low.min(boxes[b][r]), t) {
+                best = Some(best.map_or(v, |x: f64| x.max(v)));
+            }
+            used.pop();
+        }
+        best
+    }
+    go(0, k, boxes, &mut Vec::new(), f64::INFINITY, threshold)
+}
+
+#[test]
+fn objects_together_find_the_photos_that_hold_every_concept_by_its_own_box() {
+    let dir = scratch("server-together");
+    index_samples(&dir);
+    let server = start(&dir.join("index"), &[]);
+    let base = &server.base;
+    let photos = dir.join("photos").canonicalize().unwrap();
+    let names: Vec<String> = std::fs::read_dir(&photos)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().to_string())
+        .collect();
+    for (query, concepts, threshold) in [
+        (
+            "person%20%26%20motorcycle",
+            vec!["person", "motorcycle"],
+            0.3,
+        ),
+        ("person%20%26%20person", vec!["person", "person"], 0.3),
+        (
+            "cat%20%26%20person%20%26%20motorcycle",
+            vec!["cat", "person", "motorcycle"],
+            0.05,
+        ),
+    ] {
+        // The exact answer, per photo from every one of its proposals' scores.
+        let body = serde_json::json!({
+            "paths": names.iter().map(|n| photos.join(n)).collect::<Vec<_>>(),
+            "concepts": concepts,
+        });
+        let (status, scored) = post_json(base, "/api/proposals", &body);
+        assert_eq!(status, 200, "{scored}");
+        let mut want: Vec<(String, f64)> = names
+            .iter()
+            .zip(scored["images"].as_array().unwrap())
+            .filter_map(|(name, boxes)| {
+                let boxes: Vec<Vec<f64>> = boxes
+                    .as_array()?
+                    .iter()
+                    .map(|b| floats(&b["scores"]).iter().map(|&x| x as f64).collect())
+                    .collect();
+                best_weakest(&boxes, concepts.len(), threshold).map(|v| (name.clone(), v))
+            })
+            .collect();
+        want.sort_by(|a, b| b.1.total_cmp(&a.1));
+
+        let (status, found) = json(
+            base,
+            &format!("/api/search?q={query}&group=images&threshold={threshold}&k=100"),
+        );
+        assert_eq!(status, 200, "{found}");
+        let got: Vec<(String, f64)> = found["images"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|i| {
+                (
+                    i["path"].as_str().unwrap().to_string(),
+                    i["score"].as_f64().unwrap(),
+                )
+            })
+            .collect();
+        assert_eq!(
+            got.iter().map(|g| &g.0).collect::<Vec<_>>(),
+            want.iter().map(|w| &w.0).collect::<Vec<_>>(),
+            "{query}: {found}"
+        );
+        for ((_, g), (_, w)) in got.iter().zip(&want) {
+            assert!((g - w).abs() < 1e-6, "{query}: score {g} vs exact {w}");
+        }
+        for image in found["images"].as_array().unwrap() {
+            let boxes = image["boxes"].as_array().unwrap();
+            assert_eq!(boxes.len(), concepts.len(), "one box per concept: {image}");
+            let mut ids: Vec<&str> = boxes
+                .iter()
+                .map(|b| b["proposal"].as_str().unwrap())
+                .collect();
+            ids.sort_unstable();
+            ids.dedup();
+            assert_eq!(
+                ids.len(),
+                concepts.len(),
+                "each concept has its own box: {image}"
+            );
+        }
+        // Objects mode pages over the same boxes, photo by photo.
+        let (_, objects) = json(
+            base,
+            &format!("/api/search?q={query}&threshold={threshold}&k=1000"),
+        );
+        assert_eq!(
+            objects["hits"].as_array().unwrap().len(),
+            want.len() * concepts.len(),
+            "{objects}"
+        );
+        assert_eq!(
+            objects["query"]["together"].as_array().unwrap().len(),
+            concepts.len()
+        );
+    }
+    // The two motorcycle photos each hold a person and a motorcycle; a photo with one person
+    // cannot answer "person & person".
+    let (_, found) = json(base, "/api/search?q=person%20%26%20motorcycle&group=images");
+    let paths: Vec<&str> = found["images"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i["path"].as_str().unwrap())
+        .collect();
+    assert!(
+        paths.contains(&"motorcycle_left.png") && paths.contains(&"motorcycle_right.png"),
+        "{found}"
+    );
+    assert!(!paths.contains(&"chelsea.png"), "{found}");
+    let _ = std::fs::remove_dir_all(&dir);
+}

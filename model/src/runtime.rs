@@ -174,8 +174,11 @@ fn runtime() -> Result<&'static Runtime> {
             let path = locate_library()?;
             let builder = ort::init_from(&path)
                 .map_err(|e| format!("cannot load {}: {e}", path.display()))?;
+            // A self-hosted search engine sends nothing anywhere: ONNX Runtime's own telemetry
+            // (on by default in Microsoft's builds, which setup.sh installs) is switched off.
             let env = builder
                 .with_name("spotter")
+                .with_telemetry(false)
                 .build()
                 .map_err(|e| format!("cannot start ONNX Runtime from {}: {e}", path.display()))?;
             tracing::debug!(library = %path.display(), "ONNX Runtime loaded");
