@@ -8,6 +8,9 @@ const grid = $("grid"), status = $("status"), input = $("q"), slider = $("thresh
 const PAGE = 40;
 
 let state = { query: "", similar: null, offset: 0, next: 0, loading: false, generation: 0, threshold: null };
+// The images shown, in grid order, and which one the viewer holds (for ← and →).
+let shownImages = [];
+let viewing = -1;
 
 function withToken(url) {
   if (!token) return url;
@@ -65,7 +68,8 @@ function card(img) {
   svgBoxes(el.querySelector("svg"), img.width, img.height, img.boxes, false);
   el.querySelector(".path").textContent = img.path;
   el.querySelector(".score").textContent = img.score.toFixed(2);
-  el.addEventListener("click", () => openViewer(img));
+  const position = shownImages.push(img) - 1;
+  el.addEventListener("click", () => openViewer(position));
   return el;
 }
 
@@ -73,7 +77,7 @@ async function load(reset) {
   if (!state.query && state.similar === null) return;
   if (!reset && (state.loading || state.next === null)) return;
   const generation = reset ? ++state.generation : state.generation;
-  if (reset) { state.offset = 0; state.next = 0; grid.replaceChildren(); }
+  if (reset) { state.offset = 0; state.next = 0; grid.replaceChildren(); shownImages = []; }
   state.loading = true;
   const q = new URLSearchParams({ k: PAGE, offset: state.next, group: "images" });
   if (state.threshold !== null) q.set("threshold", state.threshold);
@@ -110,9 +114,15 @@ function isVisible(el) {
   return r.top < innerHeight + 400;
 }
 
-function openViewer(img) {
+function openViewer(position) {
+  const img = shownImages[position];
+  if (!img) return;
+  viewing = position;
   const dialog = $("viewer");
   $("viewer-title").textContent = `${img.path} (${img.width}×${img.height})`;
+  $("viewer-position").textContent = `${position + 1} / ${shownImages.length}${state.next !== null ? "+" : ""}`;
+  $("viewer-prev").disabled = position === 0;
+  $("viewer-next").disabled = position === shownImages.length - 1 && state.next === null;
   const pic = $("viewer-img");
   const svg = $("viewer-boxes");
   pic.onload = () => svgBoxes(svg, img.width, img.height, img.boxes, true);
@@ -135,10 +145,30 @@ function openViewer(img) {
     li.appendChild(more);
     list.appendChild(li);
   });
-  dialog.showModal();
+  if (!dialog.open) dialog.showModal();
+}
+
+// The next or previous image of the results; past the last one loaded, the next page first.
+async function step(delta) {
+  if (viewing < 0) return;
+  const target = viewing + delta;
+  if (target < 0) return;
+  if (target >= shownImages.length) {
+    if (state.next === null) return;
+    await load(false);
+  }
+  openViewer(Math.min(target, shownImages.length - 1));
 }
 
 $("viewer-close").addEventListener("click", () => $("viewer").close());
+$("viewer-prev").addEventListener("click", () => step(-1));
+$("viewer-next").addEventListener("click", () => step(1));
+$("viewer").addEventListener("close", () => { viewing = -1; });
+// In the viewer: ← and → walk the results, Esc closes (the dialog's own behaviour).
+$("viewer").addEventListener("keydown", (e) => {
+  if (e.key === "ArrowLeft") { e.preventDefault(); step(-1); }
+  if (e.key === "ArrowRight") { e.preventDefault(); step(1); }
+});
 $("viewer").addEventListener("click", (e) => { if (e.target === $("viewer")) $("viewer").close(); });
 
 let timer = null;

@@ -97,6 +97,26 @@ try {
   check(similarFirst.length > 0, "more like this returned nothing");
   await page.screenshot({ path: join(out, "3-more-like-this.png") });
 
+  // Keyboard: → shows the next result, ← the previous one, Esc closes; the position is shown.
+  await page.fill("#q", "person");
+  await page.waitForFunction(() => location.search.includes("q=person")
+    && !document.getElementById("status").textContent.startsWith("Searching")
+    && document.querySelectorAll("#grid .card").length >= 2);
+  await page.click("#grid .card");
+  await page.waitForSelector("#viewer[open]");
+  const paths = await page.$$eval("#grid .card .path", (els) => els.map((e) => e.textContent));
+  check(paths.length >= 2, `the keyboard check needs two results, got ${paths.length}`);
+  const title = () => page.textContent("#viewer-title");
+  await page.keyboard.press("ArrowRight");
+  await page.waitForFunction((p) => document.getElementById("viewer-title").textContent.startsWith(p), paths[1]);
+  check((await page.textContent("#viewer-position")).startsWith("2 / "), "position after →");
+  await page.keyboard.press("ArrowLeft");
+  await page.waitForFunction((p) => document.getElementById("viewer-title").textContent.startsWith(p), paths[0]);
+  await page.keyboard.press("ArrowLeft"); // the first: stays
+  check((await title()).startsWith(paths[0]), "← past the first result");
+  await page.keyboard.press("Escape");
+  await page.waitForFunction(() => !document.getElementById("viewer").open);
+
   // Errors are shown, not thrown.
   expectErrors = true;
   await page.fill("#q", "-dog");
