@@ -361,6 +361,13 @@ fn bench_payload(i: usize) -> spotter_indexer::vectors::HitPayload {
         bbox: [10.0, 20.0, 300.0, 400.0],
         objectness: 0.5,
         level: 0,
+        photo: spotter_indexer::PhotoInfo {
+            taken: Some(1_700_000_000 + i as i64),
+            taken_offset_minutes: Some(60),
+            taken_source: Some(spotter_indexer::TimeSource::Exif),
+            camera: Some("Canon EOS 5D Mark IV".into()),
+            gps: Some([48.8584, 2.2945]),
+        },
     }
 }
 

@@ -3,12 +3,14 @@
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 
-use spotter_model::ModelPackage;
+use rayon::prelude::*;
+use spotter_model::{ImageFile, ModelPackage};
 
 use crate::backend::{BackendConfig, Shard, VectorBackend};
 use crate::error::{IndexError, Result};
 use crate::ivf::{IvfParams, IvfVectors};
-use crate::records::{ImageRecord, IndexMeta, ProposalRecord, StoredVector};
+use crate::metadata::{PhotoInfo, PhotoMetadata, TimeSource};
+use crate::records::{ImageRecord, ImageStatus, IndexMeta, ProposalRecord, StoredVector};
 use crate::relpath::RelPath;
 use crate::store::Store;
 use crate::vectors::{
@@ -58,6 +60,12 @@ impl std::str::FromStr for EmbeddedEngine {
 /// Vectors queued for engines that take them in batches (see [`Index::flush_vectors`]).
 const INSERT_CHUNK: usize = 2048;
 
+/// Image records rewritten per atomic batch when an index migrates to a new record format.
+const MIGRATION_BATCH: usize = 512;
+
+/// A migration says how far it is at most this often.
+const MIGRATION_PROGRESS_EVERY: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// Settings chosen when an index is created (and checked when it is opened for indexing).
 #[derive(Debug, Clone, PartialEq, Default)]
 pub struct IndexSettings {
@@ -94,6 +102,8 @@ pub struct HitRecord {
     pub width: u32,
     /// Displayed image height.
     pub height: u32,
+    /// The image's capture time, camera and GPS position (for filters and sorting by time).
+    pub photo: PhotoInfo,
 }
 
 /// An image as the server shows it.
@@ -113,6 +123,8 @@ pub struct ImageInfo {
     pub size: Option<u64>,
     /// BLAKE3 of the file's bytes when indexed (unknown for a shared engine's payloads).
     pub hash: Option<[u8; 32]>,
+    /// Capture time, camera and GPS position.
+    pub photo: PhotoInfo,
 }
 
 /// Something the last run of an archive root could not walk, kept until that root's next run.
@@ -172,6 +184,33 @@ pub struct IndexStats {
     /// What the last run of each root could not walk (skipped roots, unreadable folders,
     /// deletions kept back).
     pub walk_problems: Vec<RootProblem>,
+    /// How many indexed images have each kind of photo metadata.
+    pub photos: PhotoStats,
+}
+
+/// How many indexed images have each kind of photo metadata (see [`PhotoMetadata`]).
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, utoipa::ToSchema)]
+pub struct PhotoStats {
+    /// Capture time from the photo's EXIF.
+    pub exif_time: usize,
+    /// Capture time from the file's modification time (no usable EXIF time).
+    pub file_time: usize,
+    /// Camera make or model known.
+    pub camera: usize,
+    /// GPS position known.
+    pub gps: usize,
+}
+
+impl PhotoStats {
+    fn count(&mut self, photo: &PhotoMetadata) {
+        match photo.taken.map(|t| t.source) {
+            Some(TimeSource::Exif) => self.exif_time += 1,
+            Some(TimeSource::FileModified) => self.file_time += 1,
+            None => {}
+        }
+        self.camera += usize::from(photo.make.is_some() || photo.model.is_some());
+        self.gps += usize::from(photo.gps.is_some());
+    }
 }
 
 /// The file a running `spotter serve` keeps in the index folder it holds (its address, so other
@@ -504,7 +543,74 @@ impl Index {
         if index.payloads.is_none() || index.backend.shard.is_some() {
             index.reconcile()?;
         }
+        index.migrate_image_records(MIGRATION_BATCH, usize::MAX)?;
         Ok(index)
+    }
+
+    /// Rewrites image records of an older format in the current one, filling in what the old
+    /// format lacked from the files themselves (photo metadata: only each file's headers are
+    /// read, the model is not run; a file that is gone or unreadable keeps its recorded
+    /// modification time as capture time). Each batch of `batch` records is one atomic write,
+    /// so a crash leaves a readable index (old and new records both decode) whose next open goes
+    /// on where this one stopped. Stops after `max_batches` (tests); returns whether it finished.
+    fn migrate_image_records(&self, batch: usize, max_batches: usize) -> Result<bool> {
+        if self.store.image_records_current()? {
+            return Ok(true);
+        }
+        let stale = self.store.stale_image_ids()?;
+        let started = std::time::Instant::now();
+        if !stale.is_empty() {
+            tracing::info!(
+                "migrating {} image records to record format {} (photo metadata from the files' \
+                 headers; the model is not run)",
+                stale.len(),
+                crate::records::IMAGE_RECORD_VERSION
+            );
+        }
+        let roots: HashMap<u32, PathBuf> = self.store.roots()?.into_iter().collect();
+        let (mut done, mut said) = (0usize, started);
+        for (n, ids) in stale.chunks(batch.max(1)).enumerate() {
+            if n == max_batches {
+                return Ok(false);
+            }
+            let mut records = Vec::with_capacity(ids.len());
+            for &id in ids {
+                if let Some(record) = self.store.image(id)? {
+                    records.push((id, record));
+                }
+            }
+            let migrated: Vec<(u64, ImageRecord)> = records
+                .into_par_iter()
+                .map(|(id, record)| {
+                    let path = roots
+                        .get(&record.root)
+                        .map(|r| record.rel_path.join_onto(r));
+                    let photo = photo_of_file(path.as_deref(), &record);
+                    (id, ImageRecord { photo, ..record })
+                })
+                .collect();
+            self.store.rewrite_images(&migrated)?;
+            for (id, record) in &migrated {
+                // Engines shared between machines show hits from their payloads.
+                self.image_moved(*id, record)?;
+            }
+            done += migrated.len();
+            if said.elapsed() >= MIGRATION_PROGRESS_EVERY {
+                tracing::info!("migrated {done} of {} image records", stale.len());
+                said = std::time::Instant::now();
+            }
+        }
+        self.store.flush()?;
+        self.store.set_image_records_current()?;
+        self.store.flush()?;
+        if !stale.is_empty() {
+            tracing::info!(
+                "migrated {done} image records to record format {} in {:.1} s",
+                crate::records::IMAGE_RECORD_VERSION,
+                started.elapsed().as_secs_f64()
+            );
+        }
+        Ok(true)
     }
 
     /// Makes the vector index agree with the store: re-inserts proposals the last dump missed
@@ -784,6 +890,7 @@ impl Index {
                 bbox: proposal.bbox,
                 objectness: proposal.objectness,
                 level: proposal.level,
+                photo: PhotoInfo::from(&image.photo),
             })
         } else {
             None
@@ -893,6 +1000,7 @@ impl Index {
                     rel_path: hit.payload.path,
                     width: hit.payload.width,
                     height: hit.payload.height,
+                    photo: hit.payload.photo,
                 });
             }
             return Ok(out);
@@ -909,6 +1017,7 @@ impl Index {
                 proposal: p,
                 vector: Vec::new(), // filled below, all at once
                 root: image.root,
+                photo: PhotoInfo::from(&image.photo),
                 rel_path: image.rel_path,
                 width: image.width,
                 height: image.height,
@@ -1018,6 +1127,7 @@ impl Index {
             return Ok(Some(ImageInfo {
                 root: record.root,
                 path: self.image_path(&record)?,
+                photo: PhotoInfo::from(&record.photo),
                 rel_path: record.rel_path,
                 width: record.width,
                 height: record.height,
@@ -1040,6 +1150,7 @@ impl Index {
             height: payload.height,
             size: None,
             hash: None,
+            photo: payload.photo,
         }))
     }
 
@@ -1090,10 +1201,15 @@ impl Index {
     /// Counts and sizes.
     pub fn stats(&self) -> Result<IndexStats> {
         let (mut indexed, mut failed) = (0, 0);
+        let mut photos = PhotoStats::default();
         for image in self.store.images() {
-            match image?.1.status {
-                crate::records::ImageStatus::Indexed => indexed += 1,
-                crate::records::ImageStatus::Failed(_) => failed += 1,
+            let record = image?.1;
+            match record.status {
+                ImageStatus::Indexed => {
+                    indexed += 1;
+                    photos.count(&record.photo);
+                }
+                ImageStatus::Failed(_) => failed += 1,
             }
         }
         let (images, proposals) = self.store.counts();
@@ -1115,6 +1231,7 @@ impl Index {
             shard: self.backend.shard.map(|s| s.to_string()),
             disk_bytes: dir_size(&self.dir),
             walk_problems: self.walk_problems()?,
+            photos,
         })
     }
 
@@ -1157,6 +1274,20 @@ impl Index {
         }
         Ok(out)
     }
+}
+
+/// The photo metadata of an indexed image's file at `path`, read from its headers; the recorded
+/// modification time when the file is gone or unreadable (and for failed images, which are read
+/// again when they change).
+fn photo_of_file(path: Option<&Path>, record: &ImageRecord) -> PhotoMetadata {
+    let from_file = match (path, &record.status) {
+        (Some(path), ImageStatus::Indexed) => ImageFile::open(path, true).ok().and_then(|mut f| {
+            let mut reader = f.header_reader().ok()?;
+            Some(PhotoMetadata::read(&mut reader, record.mtime_ns))
+        }),
+        _ => None,
+    };
+    from_file.unwrap_or_else(|| PhotoMetadata::file_time(record.mtime_ns))
 }
 
 /// Bytes of every file under `dir` (what `IndexStats::disk_bytes` counts).
@@ -1353,6 +1484,112 @@ mod tests {
             index.reconcile_by_images(&engine).unwrap(),
             "a consistent index opens without id sets"
         );
+    }
+
+    #[test]
+    fn format_1_image_records_migrate_at_open_in_crash_safe_batches_without_touching_vectors() {
+        use crate::test_support::{
+            ascii_field, dms_field, exif_block_of, index_in, jpeg_with, write_file,
+        };
+        use exif::Tag;
+        for engine in [EmbeddedEngine::Quantised, EmbeddedEngine::Hnsw] {
+            let archive = temp();
+            let root = archive.path().canonicalize().unwrap();
+            let exif = exif_block_of(&[
+                ascii_field(Tag::Make, b"Canon"),
+                ascii_field(Tag::Model, b"Canon EOS 5D"),
+                ascii_field(Tag::DateTimeOriginal, b"2021:07:04 15:30:00"),
+                ascii_field(Tag::OffsetTimeOriginal, b"+02:00"),
+                ascii_field(Tag::GPSLatitudeRef, b"S"),
+                dms_field(Tag::GPSLatitude, 33, 51, 244_800),
+                ascii_field(Tag::GPSLongitudeRef, b"W"),
+                dms_field(Tag::GPSLongitude, 151, 12, 550_800),
+            ]);
+            write_file(&root, "exif.jpg", &jpeg_with(&exif));
+            write_file(&root, "plain.jpg", b"\xff\xd8\xff\xd9");
+            write_file(&root, "failed.jpg", &jpeg_with(&exif));
+            // gone.jpg: indexed, then deleted (not written at all).
+            let (tmp, index) = index_in(std::slice::from_ref(&root), engine);
+            let mtime = |i: i64| 1_500_000_000_000_000_000 + i * 1_000_000_000;
+            let names = ["exif.jpg", "plain.jpg", "gone.jpg", "failed.jpg"];
+            for (i, name) in names.iter().enumerate() {
+                let id = i as u64 + 1;
+                let mut rec = record(name, if i < 3 { 2 } else { 0 });
+                rec.mtime_ns = mtime(i as i64);
+                if i == 3 {
+                    rec.status = crate::records::ImageStatus::Failed("truncated".into());
+                }
+                let props = proposals(rec.proposals as usize, id);
+                index.commit_image(id, &rec, &props, None).unwrap();
+            }
+            index.persist().unwrap();
+            let query = proposals(1, 2)[0].1.clone();
+            let before = index.search_vectors(&query, 10, 64).unwrap();
+            let proposals_before: Vec<_> =
+                (1..=4).map(|id| index.proposals_of(id).unwrap()).collect();
+
+            // Write the image records back in format 1, as a folder made before format 2 holds them.
+            for image in index.images().collect::<Vec<_>>() {
+                let (id, rec) = image.unwrap();
+                let bytes = crate::records::encode_v1(&rec).unwrap();
+                index.store.put_raw_image(id, bytes).unwrap();
+            }
+            index.store.forget_image_format().unwrap();
+            assert_eq!(index.store.stale_image_ids().unwrap(), vec![1, 2, 3, 4]);
+
+            // A migration that stops after its first batch (a crash) leaves every record readable.
+            assert!(!index.migrate_image_records(1, 1).unwrap());
+            assert_eq!(index.store.stale_image_ids().unwrap(), vec![2, 3, 4]);
+            assert_eq!(index.images().filter(|r| r.is_ok()).count(), 4);
+            assert_eq!(
+                photo_of(&index, 3),
+                PhotoMetadata::file_time(mtime(2)),
+                "a format-1 record reads with its file time"
+            );
+            index.persist().unwrap();
+            drop(index);
+
+            // The next open finishes the migration.
+            let index = Index::open(tmp.path()).unwrap();
+            assert!(index.store.stale_image_ids().unwrap().is_empty());
+            assert!(index.store.image_records_current().unwrap());
+            let exif_photo = photo_of(&index, 1);
+            let taken = exif_photo.taken.unwrap();
+            assert_eq!(taken.source, TimeSource::Exif);
+            assert_eq!(taken.utc_seconds(), Some(1_625_412_600 - 7200));
+            assert_eq!(exif_photo.camera().as_deref(), Some("Canon EOS 5D"));
+            let [lat, lon] = exif_photo.gps.unwrap();
+            assert!((lat + 33.8568).abs() < 1e-6 && (lon + 151.2153).abs() < 1e-6);
+            // No EXIF, file gone, failed image: the recorded modification time.
+            assert_eq!(photo_of(&index, 2), PhotoMetadata::file_time(mtime(1)));
+            assert_eq!(photo_of(&index, 3), PhotoMetadata::file_time(mtime(2)));
+            assert_eq!(photo_of(&index, 4), PhotoMetadata::file_time(mtime(3)));
+            let info = index.image_info(1).unwrap().unwrap().photo;
+            assert_eq!(info.camera.as_deref(), Some("Canon EOS 5D"));
+            assert_eq!(
+                index.stats().unwrap().photos,
+                PhotoStats {
+                    exif_time: 1,
+                    file_time: 2,
+                    camera: 1,
+                    gps: 1,
+                }
+            );
+
+            // Proposals and vectors are what they were.
+            assert_eq!(index.search_vectors(&query, 10, 64).unwrap(), before);
+            let proposals_after: Vec<_> =
+                (1..=4).map(|id| index.proposals_of(id).unwrap()).collect();
+            assert_eq!(proposals_after, proposals_before);
+            // Opening again has nothing left to do.
+            drop(index);
+            let index = Index::open(tmp.path()).unwrap();
+            assert_eq!(photo_of(&index, 1), exif_photo);
+        }
+    }
+
+    fn photo_of(index: &Index, id: u64) -> PhotoMetadata {
+        index.image(id).unwrap().unwrap().photo
     }
 
     #[test]

@@ -2,6 +2,7 @@
 //!
 //! - [`walk`]: which files of an archive are images;
 //! - [`relpath`]: paths relative to a root, kept byte for byte;
+//! - [`metadata`]: capture time, camera and GPS position from a photo's EXIF block;
 //! - [`pipeline`]: one indexing run (decode, model, write), incremental and crash-safe;
 //! - [`store`]: the sled database, the source of truth;
 //! - [`vectors`]: the vector index interface and its embedded HNSW implementation;
@@ -14,6 +15,7 @@ pub mod backend;
 pub mod error;
 pub mod index;
 pub mod ivf;
+pub mod metadata;
 #[cfg(feature = "milvus")]
 pub mod milvus;
 pub mod pipeline;
@@ -29,8 +31,9 @@ pub mod walk;
 pub use backend::{BackendConfig, Shard, VectorBackend};
 pub use error::{IndexError, Result};
 pub use index::{
-    EmbeddedEngine, HitRecord, ImageInfo, Index, IndexSettings, IndexStats, RootProblem,
+    EmbeddedEngine, HitRecord, ImageInfo, Index, IndexSettings, IndexStats, PhotoStats, RootProblem,
 };
+pub use metadata::{PhotoInfo, PhotoMetadata, TimeSource};
 pub use pipeline::{run, Failure, IndexRequest, NoProgress, Progress, RunReport};
 pub use relpath::RelPath;
 pub use vectors::{HnswParams, VectorEntry, VectorIndex};

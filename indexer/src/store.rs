@@ -14,12 +14,17 @@ use sled::{Transactional, Tree};
 
 use crate::error::{IndexError, Result};
 use crate::records::{
-    decode, encode, proposal_id, ImageRecord, IndexMeta, ProposalRecord, WalkProblemRecord,
+    decode, encode, proposal_id, version_of, ImageRecord, IndexMeta, ProposalRecord,
+    WalkProblemRecord, IMAGE_RECORD_VERSION,
 };
 use crate::relpath::RelPath;
 
 /// Store format version, in `meta`; bump when tree layout changes.
 pub const STORE_VERSION: u32 = 1;
+
+/// `meta` key holding the image record format every image record is known to be in (absent in
+/// folders made before format 2: their records are checked and migrated at open).
+const IMAGE_FORMAT_KEY: &str = "image_record_format";
 
 /// sled's page cache (its default is 1 GiB): records are small and read a page at a time, so a
 /// small cache keeps a served index's memory near its vector engine's.
@@ -107,6 +112,8 @@ impl Store {
                     .meta
                     .insert("store_version", &STORE_VERSION.to_be_bytes())
                     .map_err(|e| store.err(e))?;
+                // A new database: every image record it will hold is in the current format.
+                store.set_image_records_current()?;
             }
             Some(v) if v.as_ref() == STORE_VERSION.to_be_bytes() => {}
             Some(v) => {
@@ -354,6 +361,62 @@ impl Store {
         Ok(())
     }
 
+    /// Whether every image record is known to be in the current format
+    /// ([`IMAGE_RECORD_VERSION`]): true for folders made or migrated by this version.
+    pub fn image_records_current(&self) -> Result<bool> {
+        Ok(self
+            .meta
+            .get(IMAGE_FORMAT_KEY)
+            .map_err(|e| self.err(e))?
+            .is_some_and(|v| v.first().is_some_and(|f| *f >= IMAGE_RECORD_VERSION)))
+    }
+
+    /// Notes that every image record is in the current format (after a migration).
+    pub fn set_image_records_current(&self) -> Result<()> {
+        self.meta
+            .insert(IMAGE_FORMAT_KEY, &[IMAGE_RECORD_VERSION])
+            .map_err(|e| self.err(e))?;
+        Ok(())
+    }
+
+    /// Ids of the image records written in an older format than [`IMAGE_RECORD_VERSION`].
+    pub fn stale_image_ids(&self) -> Result<Vec<u64>> {
+        let mut out = Vec::new();
+        for entry in self.images.iter() {
+            let (k, v) = entry.map_err(|e| self.err(e))?;
+            if version_of(&v) != Some(IMAGE_RECORD_VERSION) {
+                out.push(id_of(&k)?);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Rewrites image records whose path, hash and proposals did not change (a migration to a
+    /// new record format), all in one atomic batch.
+    pub fn rewrite_images(&self, records: &[(u64, ImageRecord)]) -> Result<()> {
+        let mut batch = sled::Batch::default();
+        for (id, record) in records {
+            batch.insert(&be(*id), encode(record)?);
+        }
+        self.images.apply_batch(batch).map_err(|e| self.err(e))
+    }
+
+    /// Writes the encoded image record `bytes` as it is (tests write older formats with it).
+    #[cfg(test)]
+    pub fn put_raw_image(&self, id: u64, bytes: Vec<u8>) -> Result<()> {
+        self.images.insert(be(id), bytes).map_err(|e| self.err(e))?;
+        Ok(())
+    }
+
+    /// Forgets that the image records are in the current format, as in folders made before it.
+    #[cfg(test)]
+    pub fn forget_image_format(&self) -> Result<()> {
+        self.meta
+            .remove(IMAGE_FORMAT_KEY)
+            .map_err(|e| self.err(e))?;
+        Ok(())
+    }
+
     /// Replaces the walk problems kept for the archive root `root` (none: forgets them).
     pub fn set_walk_problems(
         &self,
@@ -443,6 +506,7 @@ mod tests {
             height: 3,
             status: ImageStatus::Indexed,
             proposals: n,
+            photo: Default::default(),
         }
     }
 

@@ -1,6 +1,10 @@
 //! Helpers shared by the unit tests: temporary indexes, records, files, proposals.
 
+use std::io::Cursor;
 use std::path::{Path, PathBuf};
+
+use exif::experimental::Writer;
+use exif::{Field, In, Rational, Tag, Value};
 
 use crate::index::{EmbeddedEngine, Index};
 use crate::records::{ImageRecord, ImageStatus, IndexMeta, ProposalRecord, StoredVector};
@@ -42,6 +46,7 @@ pub fn record(path: &str, proposals: u32) -> ImageRecord {
         height: 100,
         status: ImageStatus::Indexed,
         proposals,
+        photo: Default::default(),
     }
 }
 
@@ -82,4 +87,48 @@ pub fn proposals(n: usize, seed: u64) -> Vec<(ProposalRecord, Vec<f32>)> {
             (p, v)
         })
         .collect()
+}
+
+/// An EXIF ASCII field of the primary image.
+pub fn ascii_field(tag: Tag, text: &[u8]) -> Field {
+    Field {
+        tag,
+        ifd_num: In::PRIMARY,
+        value: Value::Ascii(vec![text.to_vec()]),
+    }
+}
+
+/// An EXIF degrees, minutes, seconds (in 1/10 000) field, as GPS positions are written.
+pub fn dms_field(tag: Tag, d: u32, m: u32, s_ten_thousandths: u32) -> Field {
+    let r = |num, denom| Rational { num, denom };
+    Field {
+        tag,
+        ifd_num: In::PRIMARY,
+        value: Value::Rational(vec![r(d, 1), r(m, 1), r(s_ten_thousandths, 10_000)]),
+    }
+}
+
+/// A TIFF-structured EXIF block with `fields` (kamadak-exif's writer).
+pub fn exif_block_of(fields: &[Field]) -> Vec<u8> {
+    let mut writer = Writer::new();
+    for f in fields {
+        writer.push_field(f);
+    }
+    let mut out = Cursor::new(Vec::new());
+    writer.write(&mut out, false).expect("write exif");
+    out.into_inner()
+}
+
+/// A minimal JPEG (SOI, APP0, APP1 Exif, SOS, EOI) around `exif`.
+pub fn jpeg_with(exif: &[u8]) -> Vec<u8> {
+    let mut out = vec![0xff, 0xd8];
+    out.extend([0xff, 0xe0, 0, 16]);
+    out.extend(b"JFIF\0\x01\x01\0\0\x01\0\x01\0\0");
+    let len = (exif.len() + 8) as u16;
+    out.extend([0xff, 0xe1]);
+    out.extend(len.to_be_bytes());
+    out.extend(b"Exif\0\0");
+    out.extend(exif);
+    out.extend([0xff, 0xda, 0, 2, 1, 2, 3, 0xff, 0xd9]);
+    out
 }

@@ -54,6 +54,10 @@ pub struct HitPayload {
     pub objectness: f32,
     /// Scoring level.
     pub level: u32,
+    /// The image's capture time, camera and GPS position (absent from payloads written before
+    /// photo metadata).
+    #[serde(default)]
+    pub photo: crate::metadata::PhotoInfo,
 }
 
 /// One vector to store.

@@ -4,7 +4,7 @@
 //! concurrent decodes of huge images cannot multiply memory without bound.
 
 use std::fs::File;
-use std::io::{BufReader, Read, Seek, SeekFrom};
+use std::io::{BufRead, BufReader, Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
 use std::sync::{Condvar, Mutex};
 
@@ -157,7 +157,7 @@ impl ImageFile {
         self.file
             .seek(SeekFrom::Start(0))
             .map_err(|e| io_error(&self.path, e))?;
-        let reader = BufReader::with_capacity(64 * 1024, (&self.file).take(self.identity.size));
+        let reader = BufReader::with_capacity(DECODE_BUFFER, (&self.file).take(self.identity.size));
         decode_reader(SeekableTake::new(reader, self.identity.size), limits)
     }
 
@@ -167,7 +167,7 @@ impl ImageFile {
         self.file
             .seek(SeekFrom::Start(0))
             .map_err(|e| io_error(&self.path, e))?;
-        let reader = BufReader::with_capacity(64 * 1024, (&self.file).take(self.identity.size));
+        let reader = BufReader::with_capacity(DECODE_BUFFER, (&self.file).take(self.identity.size));
         let mut decoder = image::ImageReader::new(SeekableTake::new(reader, self.identity.size))
             .with_guessed_format()
             .map_err(|e| ModelError::Decode(e.to_string()))?
@@ -184,6 +184,21 @@ impl ImageFile {
         })
     }
 
+    /// A buffered, seekable reader over the opened file from its start, never reading past its
+    /// size at open: for header-only readers (EXIF) that skip from one segment to the next. Its
+    /// buffer is small (8 KiB), so a skip reads little more than the next header.
+    pub fn header_reader(&mut self) -> Result<impl BufRead + Seek + '_> {
+        self.file
+            .seek(SeekFrom::Start(0))
+            .map_err(|e| io_error(&self.path, e))?;
+        let reader = BufReader::with_capacity(HEADER_BUFFER, (&self.file).take(self.identity.size));
+        Ok(SeekableTake::with_buffer(
+            reader,
+            self.identity.size,
+            HEADER_BUFFER,
+        ))
+    }
+
     /// The opened file, positioned at its start (to stream it elsewhere).
     pub fn into_file(mut self) -> Result<File> {
         self.file
@@ -193,17 +208,33 @@ impl ImageFile {
     }
 }
 
+/// Buffer of the decoders' readers.
+const DECODE_BUFFER: usize = 64 * 1024;
+
+/// Buffer of [`ImageFile::header_reader`].
+const HEADER_BUFFER: usize = 8 * 1024;
+
 /// A buffered reader over the first `len` bytes of a file that can also seek (the decoders need
 /// `Seek`), never reading past `len`.
 struct SeekableTake<'a> {
     inner: BufReader<std::io::Take<&'a File>>,
     len: u64,
     pos: u64,
+    buffer: usize,
 }
 
 impl<'a> SeekableTake<'a> {
     fn new(inner: BufReader<std::io::Take<&'a File>>, len: u64) -> Self {
-        SeekableTake { inner, len, pos: 0 }
+        Self::with_buffer(inner, len, DECODE_BUFFER)
+    }
+
+    fn with_buffer(inner: BufReader<std::io::Take<&'a File>>, len: u64, buffer: usize) -> Self {
+        SeekableTake {
+            inner,
+            len,
+            pos: 0,
+            buffer,
+        }
     }
 }
 
@@ -215,7 +246,7 @@ impl Read for SeekableTake<'_> {
     }
 }
 
-impl std::io::BufRead for SeekableTake<'_> {
+impl BufRead for SeekableTake<'_> {
     fn fill_buf(&mut self) -> std::io::Result<&[u8]> {
         self.inner.fill_buf()
     }
@@ -239,11 +270,17 @@ impl Seek for SeekableTake<'_> {
             ));
         }
         let target = (target as u64).min(self.len);
+        // A short skip forward within the buffer consumes it instead of dropping it.
+        if target >= self.pos && target - self.pos <= self.inner.buffer().len() as u64 {
+            self.inner.consume((target - self.pos) as usize);
+            self.pos = target;
+            return Ok(target);
+        }
         // Re-position the underlying file and rebuild the limit from there.
         let file: &File = self.inner.get_ref().get_ref();
         let mut f = file;
         f.seek(SeekFrom::Start(target))?;
-        self.inner = BufReader::with_capacity(64 * 1024, file.take(self.len - target));
+        self.inner = BufReader::with_capacity(self.buffer, file.take(self.len - target));
         self.pos = target;
         Ok(target)
     }

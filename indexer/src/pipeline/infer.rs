@@ -12,6 +12,11 @@ use super::prepare::Prepared;
 use super::write::Written;
 use super::IndexRequest;
 use crate::error::Result;
+use crate::metadata::PhotoMetadata;
+
+/// A batch being gathered: its files (with hash and photo metadata) and their prepared tensors,
+/// side by side (the tensors go to the model as one slice, without copying them).
+type Pending = (Vec<(WorkItem, [u8; 32], PhotoMetadata)>, Vec<PreparedImage>);
 
 /// Runs batches of `batch` images (or fewer, when nothing arrives for 100 ms) until `input`
 /// closes or the writer hangs up; model time is added to `model_time`.
@@ -23,11 +28,8 @@ pub(super) fn infer(
     output: Sender<Result<Written>>,
     model_time: &Mutex<Duration>,
 ) {
-    // The batch's files and their prepared tensors, side by side (the tensors go to the model
-    // as one slice, without copying them).
-    let mut pending: (Vec<(WorkItem, [u8; 32])>, Vec<PreparedImage>) =
-        (Vec::with_capacity(batch), Vec::with_capacity(batch));
-    let flush = |pending: &mut (Vec<(WorkItem, [u8; 32])>, Vec<PreparedImage>)| -> bool {
+    let mut pending: Pending = (Vec::with_capacity(batch), Vec::with_capacity(batch));
+    let flush = |pending: &mut Pending| -> bool {
         if pending.0.is_empty() {
             return true;
         }
@@ -39,12 +41,13 @@ pub(super) fn infer(
         match result {
             Ok(all) => {
                 let images = std::mem::take(&mut pending.1);
-                for (((item, hash), prepared), proposals) in
+                for (((item, hash, photo), prepared), proposals) in
                     pending.0.drain(..).zip(images).zip(all)
                 {
                     let msg = Written::Model {
                         item,
                         hash,
+                        photo,
                         width: prepared.letterbox.src_width,
                         height: prepared.letterbox.src_height,
                         proposals,
@@ -65,8 +68,13 @@ pub(super) fn infer(
     };
     loop {
         match input.recv_timeout(Duration::from_millis(100)) {
-            Ok(Prepared::Model { item, hash, image }) => {
-                pending.0.push((item, hash));
+            Ok(Prepared::Model {
+                item,
+                hash,
+                photo,
+                image,
+            }) => {
+                pending.0.push((item, hash, photo));
                 pending.1.push(image);
                 if pending.0.len() >= batch && !flush(&mut pending) {
                     return;

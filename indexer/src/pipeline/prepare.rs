@@ -1,5 +1,6 @@
-//! The parallel stage: open and hash each file, recognise the files that need no model run
-//! (touched, moved, copied) and decode and letterbox the others.
+//! The parallel stage: open and hash each file, read its photo metadata (EXIF) from the same
+//! descriptor, recognise the files that need no model run (touched, moved, copied) and decode
+//! and letterbox the others.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -10,6 +11,7 @@ use super::plan::WorkItem;
 use super::IndexRequest;
 use crate::error::IndexError;
 use crate::index::Index;
+use crate::metadata::PhotoMetadata;
 use crate::records::{ImageRecord, ImageStatus};
 
 /// Indexed records whose file is gone, by content hash; a found file claims one as moved.
@@ -21,6 +23,7 @@ pub(super) enum Prepared {
     Model {
         item: WorkItem,
         hash: [u8; 32],
+        photo: PhotoMetadata,
         image: PreparedImage,
     },
     /// The same content as the gone record `from`: moved or renamed.
@@ -28,12 +31,14 @@ pub(super) enum Prepared {
         item: WorkItem,
         hash: [u8; 32],
         from: (u64, ImageRecord),
+        photo: PhotoMetadata,
     },
     /// The same content as indexed image `source`: a copy.
     Copied {
         item: WorkItem,
         hash: [u8; 32],
         source: u64,
+        photo: PhotoMetadata,
     },
     /// Could not be read or decoded.
     Failed {
@@ -44,7 +49,10 @@ pub(super) enum Prepared {
     /// Gone between the walk and reading it.
     Vanished { item: WorkItem },
     /// Same content as its own record (a `touch`): `item.previous` is that record.
-    Touched { item: WorkItem },
+    Touched {
+        item: WorkItem,
+        photo: PhotoMetadata,
+    },
     /// The index itself failed while preparing (the run stops with this error).
     Broken(IndexError),
 }
@@ -55,6 +63,7 @@ pub(super) enum Identified {
     Decode {
         item: WorkItem,
         hash: [u8; 32],
+        photo: PhotoMetadata,
         file: ImageFile,
     },
 }
@@ -67,10 +76,15 @@ pub(super) fn prepare(
     missing: &Missing,
     item: &WorkItem,
 ) -> Prepared {
-    let (item, hash, mut file) =
+    let (item, hash, photo, mut file) =
         match identify(index, request.walk.follow_symlinks, missing, item.clone()) {
             Identified::Done(prepared) => return prepared,
-            Identified::Decode { item, hash, file } => (item, hash, file),
+            Identified::Decode {
+                item,
+                hash,
+                photo,
+                file,
+            } => (item, hash, photo, file),
         };
     let (image, _reserved) = match file.decode(request.limits) {
         Ok(decoded) => decoded,
@@ -84,7 +98,12 @@ pub(super) fn prepare(
     };
     drop(file);
     match tower.prepare(&image) {
-        Ok(image) => Prepared::Model { item, hash, image },
+        Ok(image) => Prepared::Model {
+            item,
+            hash,
+            photo,
+            image,
+        },
         Err(e) => Prepared::Failed {
             item,
             hash,
@@ -93,9 +112,10 @@ pub(super) fn prepare(
     }
 }
 
-/// Opens and hashes `item`'s file and compares the hash with the index: its own record
-/// (touched), a gone record (moved; the claim is taken out of `missing`), another indexed
-/// record (copied), or none (the file must be decoded).
+/// Opens and hashes `item`'s file, reads its photo metadata (headers only, same descriptor) and
+/// compares the hash with the index: its own record (touched), a gone record (moved; the claim
+/// is taken out of `missing`), another indexed record (copied), or none (the file must be
+/// decoded).
 pub(super) fn identify(
     index: &Index,
     follow_symlinks: bool,
@@ -109,7 +129,7 @@ pub(super) fn identify(
         let hash = f.hash()?;
         Ok((f, hash))
     });
-    let (file, hash) = match opened {
+    let (mut file, hash) = match opened {
         Ok(opened) => opened,
         Err(ModelError::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => {
             return Done(Prepared::Vanished { item })
@@ -122,6 +142,12 @@ pub(super) fn identify(
             })
         }
     };
+    // The EXIF block sits in the first headers: a few KiB more of what was just hashed. A file
+    // without a usable one (or unreadable now) gets its modification time.
+    let photo = match file.header_reader() {
+        Ok(mut reader) => PhotoMetadata::read(&mut reader, item.file.mtime_ns),
+        Err(_) => PhotoMetadata::file_time(item.file.mtime_ns),
+    };
     // Touched: the size or time changed but the content hash equals the file's own record, so
     // only the record's size and time need updating (no decode, no model run, no vector churn).
     if item
@@ -129,7 +155,7 @@ pub(super) fn identify(
         .as_ref()
         .is_some_and(|(_, r)| r.status == ImageStatus::Indexed && r.hash == hash)
     {
-        return Done(Prepared::Touched { item });
+        return Done(Prepared::Touched { item, photo });
     }
     // A moved or renamed file: same content as a record whose file is gone.
     match missing.lock() {
@@ -139,7 +165,12 @@ pub(super) fn identify(
                     if list.is_empty() {
                         map.remove(&hash);
                     }
-                    return Done(Prepared::Moved { item, hash, from });
+                    return Done(Prepared::Moved {
+                        item,
+                        hash,
+                        from,
+                        photo,
+                    });
                 }
             }
         }
@@ -159,9 +190,19 @@ pub(super) fn identify(
         .into_iter()
         .find(|(id, r)| r.status == ImageStatus::Indexed && Some(*id) != previous_id)
     {
-        return Done(Prepared::Copied { item, hash, source });
+        return Done(Prepared::Copied {
+            item,
+            hash,
+            source,
+            photo,
+        });
     }
-    Identified::Decode { item, hash, file }
+    Identified::Decode {
+        item,
+        hash,
+        photo,
+        file,
+    }
 }
 
 #[cfg(test)]

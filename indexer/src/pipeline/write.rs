@@ -13,6 +13,7 @@ use super::prepare::Prepared;
 use super::{Failure, IndexRequest, Progress, RunReport, FRESH_VECTORS_EVERY};
 use crate::error::{IndexError, Result};
 use crate::index::Index;
+use crate::metadata::PhotoMetadata;
 use crate::records::{ImageRecord, ImageStatus, ProposalRecord, StoredVector};
 
 /// What reaches the writer: the model's proposals for a file, or any other outcome.
@@ -20,6 +21,7 @@ pub(super) enum Written {
     Model {
         item: WorkItem,
         hash: [u8; 32],
+        photo: PhotoMetadata,
         width: u32,
         height: u32,
         proposals: Vec<Proposal>,
@@ -79,6 +81,7 @@ fn record_of(
     (width, height): (u32, u32),
     status: ImageStatus,
     proposals: u32,
+    photo: PhotoMetadata,
 ) -> ImageRecord {
     ImageRecord {
         root: item.root,
@@ -90,6 +93,7 @@ fn record_of(
         height,
         status,
         proposals,
+        photo,
     }
 }
 
@@ -121,6 +125,7 @@ pub(super) fn write_one(index: &Index, message: Written, report: &mut RunReport)
         Written::Model {
             item,
             hash,
+            photo,
             width,
             height,
             proposals,
@@ -139,16 +144,22 @@ pub(super) fn write_one(index: &Index, message: Written, report: &mut RunReport)
                 })
                 .collect();
             let n = records.len();
-            let record = record_of(&item, hash, (width, height), ImageStatus::Indexed, n as u32);
+            let status = ImageStatus::Indexed;
+            let record = record_of(&item, hash, (width, height), status, n as u32, photo);
             commit_new(index, &item, &record, &records)?;
             report.indexed += 1;
             report.proposals_added += n;
             Ok(done(item, n, false))
         }
-        Written::Other(Prepared::Moved { item, hash, from }) => {
+        Written::Other(Prepared::Moved {
+            item,
+            hash,
+            from,
+            photo,
+        }) => {
             let (id, old) = from;
             let size = (old.width, old.height);
-            let record = record_of(&item, hash, size, old.status.clone(), old.proposals);
+            let record = record_of(&item, hash, size, old.status.clone(), old.proposals, photo);
             if let Some((prev_id, prev)) = &item.previous {
                 // The destination path held another file: drop that record first.
                 index.remove_image(*prev_id, prev)?;
@@ -157,7 +168,12 @@ pub(super) fn write_one(index: &Index, message: Written, report: &mut RunReport)
             report.moved += 1;
             Ok(done(item, 0, false))
         }
-        Written::Other(Prepared::Copied { item, hash, source }) => {
+        Written::Other(Prepared::Copied {
+            item,
+            hash,
+            source,
+            photo,
+        }) => {
             let src = index.image(source)?.ok_or_else(|| IndexError::Corrupt {
                 what: format!("image {source}"),
                 message: "vanished while copying".into(),
@@ -169,7 +185,7 @@ pub(super) fn write_one(index: &Index, message: Written, report: &mut RunReport)
                 .collect();
             let n = records.len();
             let size = (src.width, src.height);
-            let record = record_of(&item, hash, size, ImageStatus::Indexed, n as u32);
+            let record = record_of(&item, hash, size, ImageStatus::Indexed, n as u32, photo);
             commit_new(index, &item, &record, &records)?;
             report.copied += 1;
             report.proposals_added += n;
@@ -177,7 +193,8 @@ pub(super) fn write_one(index: &Index, message: Written, report: &mut RunReport)
         }
         Written::Other(Prepared::Failed { item, hash, reason }) => {
             let status = ImageStatus::Failed(reason.clone());
-            let record = record_of(&item, hash, (0, 0), status, 0);
+            let photo = PhotoMetadata::file_time(item.file.mtime_ns);
+            let record = record_of(&item, hash, (0, 0), status, 0, photo);
             commit_new(index, &item, &record, &[])?;
             report.failed.push(Failure {
                 path: item.file.path.clone(),
@@ -192,11 +209,12 @@ pub(super) fn write_one(index: &Index, message: Written, report: &mut RunReport)
             report.vanished += 1;
             Ok(done(item, 0, false))
         }
-        Written::Other(Prepared::Touched { item }) => {
+        Written::Other(Prepared::Touched { item, photo }) => {
             if let Some((id, old)) = &item.previous {
                 let record = ImageRecord {
                     size: item.file.size,
                     mtime_ns: item.file.mtime_ns,
+                    photo,
                     ..old.clone()
                 };
                 index.update_image(*id, &record)?;
@@ -215,7 +233,22 @@ pub(super) fn write_one(index: &Index, message: Written, report: &mut RunReport)
 mod tests {
     use super::*;
     use crate::index::EmbeddedEngine;
+    use crate::metadata::{CaptureTime, TimeSource};
     use crate::test_support::{found, index_in, proposals, write_file};
+
+    /// What the prepare stage read of a photo with EXIF.
+    fn exif_photo() -> PhotoMetadata {
+        PhotoMetadata {
+            taken: Some(CaptureTime {
+                seconds: 1_625_412_600,
+                offset_minutes: Some(120),
+                source: TimeSource::Exif,
+            }),
+            make: Some("Canon".into()),
+            model: Some("Canon EOS 5D".into()),
+            gps: Some([48.8584, 2.2945]),
+        }
+    }
 
     fn model_output(n: usize, seed: u64) -> Vec<Proposal> {
         proposals(n, seed)
@@ -253,6 +286,7 @@ mod tests {
                 Written::Model {
                     item: a,
                     hash: [1; 32],
+                    photo: exif_photo(),
                     width: 64,
                     height: 48,
                     proposals: model_output(3, 1),
@@ -263,8 +297,16 @@ mod tests {
             assert_eq!((done.proposals, done.failed), (3, false));
             let (a_id, a_rec) = by_path("a.jpg").expect("a is recorded");
             assert_eq!((a_rec.width, a_rec.proposals), (64, 3));
+            assert_eq!(a_rec.photo, exif_photo());
             index.flush_vectors().unwrap();
             assert_eq!(index.vector_count().unwrap(), 3);
+            // Hits and image information carry the metadata.
+            let hit = &index
+                .hit_records(&[crate::records::proposal_id(a_id, 0)])
+                .unwrap()[0];
+            assert_eq!(hit.photo.camera.as_deref(), Some("Canon EOS 5D"));
+            assert_eq!(hit.photo.taken_utc(), Some(1_625_412_600 - 7200));
+            assert_eq!(index.image_info(a_id).unwrap().unwrap().photo, hit.photo);
 
             // A copy: the source's proposals and vectors under a new id.
             let copy = item("copy.jpg", None);
@@ -274,12 +316,14 @@ mod tests {
                     item: copy,
                     hash: [1; 32],
                     source: a_id,
+                    photo: exif_photo(),
                 }),
                 &mut report,
             )
             .unwrap();
             assert_eq!(done.proposals, 3);
-            let (copy_id, _) = by_path("copy.jpg").unwrap();
+            let (copy_id, copy_rec) = by_path("copy.jpg").unwrap();
+            assert_eq!(copy_rec.photo, exif_photo());
             let (src, dst) = (
                 index.proposals_of(a_id).unwrap(),
                 index.proposals_of(copy_id).unwrap(),
@@ -289,7 +333,7 @@ mod tests {
                 dst.iter().map(|p| &p.2).collect::<Vec<_>>()
             );
 
-            // A move: same id and proposals, new path.
+            // A move: same id and proposals, new path, the photo metadata read from the file.
             let moved = item("moved.jpg", None);
             write_one(
                 &index,
@@ -297,12 +341,14 @@ mod tests {
                     item: moved,
                     hash: [1; 32],
                     from: (a_id, a_rec),
+                    photo: exif_photo(),
                 }),
                 &mut report,
             )
             .unwrap();
             assert!(by_path("a.jpg").is_none());
             assert_eq!(by_path("moved.jpg").unwrap().0, a_id);
+            assert_eq!(by_path("moved.jpg").unwrap().1.photo, exif_photo());
 
             // A failure replacing an indexed record: its vectors go.
             let previous = by_path("copy.jpg");
@@ -320,6 +366,7 @@ mod tests {
             assert!(done.failed);
             let (_, rec) = by_path("copy.jpg").unwrap();
             assert_eq!(rec.status, ImageStatus::Failed("truncated".into()));
+            assert_eq!(rec.photo, PhotoMetadata::file_time(rec.mtime_ns));
             index.flush_vectors().unwrap();
             assert_eq!(index.vector_count().unwrap(), 3);
 
@@ -327,14 +374,19 @@ mod tests {
             let (id, old) = by_path("moved.jpg").unwrap();
             let mut touched = item("moved.jpg", Some((id, old.clone())));
             touched.file.size = 999;
+            let photo = PhotoMetadata::file_time(7_000_000_000);
             write_one(
                 &index,
-                Written::Other(Prepared::Touched { item: touched }),
+                Written::Other(Prepared::Touched {
+                    item: touched,
+                    photo: photo.clone(),
+                }),
                 &mut report,
             )
             .unwrap();
             let (same_id, now) = by_path("moved.jpg").unwrap();
             assert_eq!((same_id, now.size, now.proposals), (id, 999, old.proposals));
+            assert_eq!(now.photo, photo);
             let gone = item("moved.jpg", Some((id, now)));
             write_one(
                 &index,
