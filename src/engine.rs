@@ -41,17 +41,37 @@ pub struct Filters {
     pub min_width: Option<u32>,
     /// Minimum image height.
     pub min_height: Option<u32>,
+    /// Only photos taken at or after this wall-clock time (seconds since 1970, read as if UTC,
+    /// as [`spotter_indexer::PhotoInfo::taken`] is).
+    pub taken_after: Option<i64>,
+    /// Only photos taken before this wall-clock time.
+    pub taken_before: Option<i64>,
+    /// Only photos whose camera (make and model) contains this, ignoring case.
+    pub camera: Option<String>,
 }
 
 impl Filters {
     /// Whether the image of `hit` passes every filter.
     pub(crate) fn accepts(&self, hit: &HitRecord) -> bool {
+        let taken = hit.photo.taken;
         self.path_prefix
             .as_ref()
             .is_none_or(|p| hit.rel_path.starts_with(p.as_str()))
             && self.root.is_none_or(|r| hit.root == r)
             && self.min_width.is_none_or(|w| hit.width >= w)
             && self.min_height.is_none_or(|h| hit.height >= h)
+            && self
+                .taken_after
+                .is_none_or(|t| taken.is_some_and(|taken| taken >= t))
+            && self
+                .taken_before
+                .is_none_or(|t| taken.is_some_and(|taken| taken < t))
+            && self.camera.as_ref().is_none_or(|wanted| {
+                hit.photo
+                    .camera
+                    .as_ref()
+                    .is_some_and(|c| c.to_lowercase().contains(&wanted.to_lowercase()))
+            })
     }
 }
 
@@ -702,6 +722,8 @@ mod tests {
     use spotter_model::manifest::{Activation, LevelScoring, ScoringSpec};
 
     const D: usize = 32;
+    /// The capture time of image 0 in the test indexes (2023-11-14, wall clock).
+    const DAY0: i64 = 1_700_000_000;
     const LEVELS: [(f32, f32); 3] = [(9.0, -4.0), (7.0, -3.0), (5.0, -2.5)];
 
     struct Rng(u64);
@@ -785,6 +807,24 @@ mod tests {
                 height: 480,
                 status: ImageStatus::Indexed,
                 proposals: n as u32,
+                // One photo a day from `DAY0`; one in a hundred by a Canon, the rest by Nikon.
+                photo: spotter_indexer::PhotoMetadata {
+                    taken: Some(spotter_indexer::metadata::CaptureTime {
+                        seconds: DAY0 + id as i64 * 86_400,
+                        offset_minutes: None,
+                        source: spotter_indexer::TimeSource::Exif,
+                    }),
+                    make: Some(if id % 100 == 7 { "Canon" } else { "NIKON" }.into()),
+                    model: Some(
+                        if id % 100 == 7 {
+                            "Canon EOS 5D"
+                        } else {
+                            "D750"
+                        }
+                        .into(),
+                    ),
+                    gps: None,
+                },
             };
             index
                 .commit_image(id, &record, &proposals, None)
@@ -1022,6 +1062,38 @@ mod tests {
                 offset = result.next_offset;
             }
             assert_eq!(got, want);
+        }
+    }
+
+    #[test]
+    fn photo_filters_apply_while_gathering_and_keep_pages_full() {
+        let (_dir, search) = index(1000);
+        let mut rng = Rng(5);
+        let positives = [concept("a", 1.0, rng.unit())];
+        for (name, filters) in [
+            (
+                "camera (1 %)",
+                Filters {
+                    camera: Some("eos 5d".into()),
+                    ..Default::default()
+                },
+            ),
+            (
+                "a date range (3 %)",
+                Filters {
+                    taken_after: Some(DAY0 + 400 * 86_400),
+                    taken_before: Some(DAY0 + 430 * 86_400),
+                    ..Default::default()
+                },
+            ),
+        ] {
+            let mut p = params(5, 0);
+            p.filters = filters;
+            p.threshold = Some(0.0);
+            let want = exact(&search, &positives, &[], &p);
+            assert!(want.len() >= 5, "{name}: {}", want.len());
+            let got = search.run(&positives, &[], &p, None).unwrap();
+            assert_eq!(page_of(&got), want[..5].to_vec(), "{name}");
         }
     }
 

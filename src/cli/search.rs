@@ -33,6 +33,16 @@ pub struct SearchArgs {
     /// Only images whose path inside the archive starts with this.
     #[arg(long, value_name = "PREFIX")]
     pub path: Option<String>,
+    /// Only photos taken at or after this date (2024-05-01) or date-time (2024-05-01T18:30:00),
+    /// by the photo's own clock (EXIF, else the file's modification time).
+    #[arg(long, value_name = "DATE", value_parser = wall_clock)]
+    pub after: Option<String>,
+    /// Only photos taken before this date or date-time.
+    #[arg(long, value_name = "DATE", value_parser = wall_clock)]
+    pub before: Option<String>,
+    /// Only photos whose camera (EXIF make and model) contains this, ignoring case.
+    #[arg(long, value_name = "TEXT")]
+    pub camera: Option<String>,
     /// Print JSON lines.
     #[arg(long)]
     pub json: bool,
@@ -69,6 +79,15 @@ pub fn run(args: &SearchArgs) -> Result<()> {
         ef: args.ef,
         filters: Filters {
             path_prefix: args.path.clone(),
+            taken_after: args
+                .after
+                .as_deref()
+                .and_then(crate::server::parse_wall_clock),
+            taken_before: args
+                .before
+                .as_deref()
+                .and_then(crate::server::parse_wall_clock),
+            camera: args.camera.clone().filter(|c| !c.trim().is_empty()),
             ..Default::default()
         },
         cancel: crate::engine::Cancel::new(),
@@ -98,6 +117,13 @@ pub fn run(args: &SearchArgs) -> Result<()> {
     print_hits(args, &page)
 }
 
+/// `--after` / `--before`: checked here, kept as given (the server parses it the same way).
+fn wall_clock(text: &str) -> std::result::Result<String, String> {
+    crate::server::parse_wall_clock(text)
+        .map(|_| text.to_string())
+        .ok_or_else(|| "give a date (2024-05-01) or a date-time (2024-05-01T18:30:00)".into())
+}
+
 /// One page of hits as the API sends them, each `path` the image's full path (as displayed).
 struct Page {
     hits: Vec<serde_json::Value>,
@@ -123,6 +149,15 @@ fn served_search(args: &SearchArgs, server: &crate::served::ServedIndex) -> Resu
     }
     if let Some(prefix) = &args.path {
         query.push_str(&format!("&path={}", encode(prefix)));
+    }
+    for (name, value) in [
+        ("after", &args.after),
+        ("before", &args.before),
+        ("camera", &args.camera),
+    ] {
+        if let Some(value) = value {
+            query.push_str(&format!("&{name}={}", encode(value)));
+        }
     }
     let answer = server.get(&query)?;
     let stats = server.get("/api/stats")?;
@@ -180,9 +215,18 @@ fn print_hits(args: &SearchArgs, page: &Page) -> Result<()> {
         );
     }
     if page.hits.is_empty() && !args.json {
+        let filtered = args.path.is_some()
+            || args.after.is_some()
+            || args.before.is_some()
+            || args.camera.is_some();
         eprintln!(
-            "no object scored {} or more; try a lower --threshold",
-            page.threshold
+            "no object scored {} or more{}; try a lower --threshold",
+            page.threshold,
+            if filtered {
+                " in the photos the filters keep (--path, --after, --before, --camera)"
+            } else {
+                ""
+            }
         );
     } else if let Some(next) = page.next_offset {
         if !args.json {

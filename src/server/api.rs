@@ -125,6 +125,18 @@ pub struct PageParameters {
     min_width: Option<u32>,
     /// Only images at least this tall (displayed pixels).
     min_height: Option<u32>,
+    /// Only photos taken at or after this: an RFC 3339 date (`2024-05-01`) or date-time
+    /// (`2024-05-01T18:30:00`), compared with the photo's own clock (EXIF times rarely carry a
+    /// zone, so an offset given here is not applied). Photos with no known time are left out.
+    #[param(example = "2024-05-01")]
+    after: Option<String>,
+    /// Only photos taken before this (same form as `after`).
+    #[param(example = "2024-06-01T00:00:00")]
+    before: Option<String>,
+    /// Only photos whose camera (EXIF make and model, e.g. "Canon EOS 5D") contains this,
+    /// ignoring case.
+    #[param(example = "canon")]
+    camera: Option<String>,
 }
 
 /// The names of the parameters documented for the search routes (tests check that
@@ -272,6 +284,7 @@ mod tests {
                     "path" => {
                         assert_eq!(params.filters.path_prefix.as_deref(), Some("not-a-value"))
                     }
+                    "camera" => assert_eq!(params.filters.camera.as_deref(), Some("not-a-value")),
                     _ => panic!("parameter {name} is documented but not read"),
                 },
             }

@@ -31,6 +31,7 @@ use tokio::sync::Semaphore;
 use crate::engine::{Cancel, SearchEngine};
 use crate::error::SpotterError;
 use files::VerifiedFiles;
+pub use params::parse_wall_clock;
 use params::{parse_search, RawParams};
 pub use protect::{allowed_host_name, HostPolicy};
 use thumbs::ThumbCache;

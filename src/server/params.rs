@@ -23,8 +23,47 @@ fn number<T: std::str::FromStr>(raw: &RawParams, name: &str) -> Result<Option<T>
     }
 }
 
+/// `after` / `before`: an RFC 3339 date (`2024-05-01`) or date-time (`2024-05-01T18:30:00`, with
+/// or without `Z` or an offset), as wall-clock seconds read as if UTC, the way photo capture
+/// times are kept (most cameras record no time zone, so an offset given is not applied).
+fn wall_clock(raw: &RawParams, name: &str) -> Result<Option<i64>, String> {
+    match raw.get(name).map(|s| s.trim()).filter(|s| !s.is_empty()) {
+        None => Ok(None),
+        Some(text) => parse_wall_clock(text).map(Some).ok_or_else(|| {
+            format!(
+                "parameter {name}='{text}' is not a date (2024-05-01) or date-time \
+                 (2024-05-01T18:30:00)"
+            )
+        }),
+    }
+}
+
+/// The wall-clock seconds of an RFC 3339 date or date-time (its offset, if any, dropped).
+pub fn parse_wall_clock(text: &str) -> Option<i64> {
+    let civil = text
+        .strip_suffix(['Z', 'z'])
+        .or_else(|| {
+            let cut = text.len().checked_sub(6)?;
+            let (head, offset) = (text.get(..cut)?, text.get(cut..)?);
+            let b = offset.as_bytes();
+            (head.len() > 10
+                && (b[0] == b'+' || b[0] == b'-')
+                && b[3] == b':'
+                && offset[1..3].bytes().all(|c| c.is_ascii_digit())
+                && offset[4..].bytes().all(|c| c.is_ascii_digit()))
+            .then_some(head)
+        })
+        .unwrap_or(text);
+    let datetime = match civil.parse::<jiff::civil::Date>() {
+        Ok(date) if civil.len() == 10 => date.to_datetime(jiff::civil::Time::midnight()),
+        _ => civil.parse::<jiff::civil::DateTime>().ok()?,
+    };
+    let epoch = jiff::civil::date(1970, 1, 1).at(0, 0, 0, 0);
+    Some(datetime.duration_since(epoch).as_secs())
+}
+
 /// Parses `q` (when `with_query`), `k`, `offset`, `threshold`, `ef`, `group`, `path`, `root`,
-/// `min_width`, `min_height`. Returns the query, the parameters and whether to group by image.
+/// `min_width`, `min_height`, `after`, `before`, `camera`. Returns the query, the parameters and whether to group by image.
 pub fn parse_search(
     raw: &RawParams,
     with_query: bool,
@@ -71,6 +110,13 @@ pub fn parse_search(
         root: number(raw, "root")?,
         min_width: number(raw, "min_width")?,
         min_height: number(raw, "min_height")?,
+        taken_after: wall_clock(raw, "after")?,
+        taken_before: wall_clock(raw, "before")?,
+        camera: raw
+            .get("camera")
+            .map(|c| c.trim())
+            .filter(|c| !c.is_empty())
+            .map(str::to_string),
     };
     Ok((
         query,
@@ -89,6 +135,33 @@ pub fn parse_search(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn dates_and_times_read_as_wall_clock_seconds() {
+        let day = parse_wall_clock("2024-05-01").unwrap();
+        assert_eq!(day, 1_714_521_600);
+        assert_eq!(parse_wall_clock("2024-05-01T00:00:00"), Some(day));
+        assert_eq!(parse_wall_clock("2024-05-01T18:30:00"), Some(day + 66_600));
+        assert_eq!(parse_wall_clock("2024-05-01T18:30:00Z"), Some(day + 66_600));
+        assert_eq!(
+            parse_wall_clock("2024-05-01T18:30:00+02:00"),
+            Some(day + 66_600)
+        );
+        assert_eq!(
+            parse_wall_clock("2024-05-01T18:30:00.5-07:30"),
+            Some(day + 66_600)
+        );
+        for bad in [
+            "",
+            "2024",
+            "2024-02-30",
+            "2024-05-01T25:00:00",
+            "May 1",
+            "2024-05-01+02:00",
+        ] {
+            assert_eq!(parse_wall_clock(bad), None, "{bad}");
+        }
+    }
 
     fn raw(pairs: &[(&str, &str)]) -> RawParams {
         pairs
@@ -127,6 +200,16 @@ mod tests {
         assert!(parse_search(&raw(&[("q", "cat"), ("group", "x")]), true)
             .unwrap_err()
             .contains("group"));
+        assert!(
+            parse_search(&raw(&[("q", "cat"), ("after", "yesterday")]), true)
+                .unwrap_err()
+                .contains("after")
+        );
+        assert!(
+            parse_search(&raw(&[("q", "cat"), ("before", "2024-13-01")]), true)
+                .unwrap_err()
+                .contains("before")
+        );
         let (q, p, g) = parse_search(
             &raw(&[
                 ("q", "cat"),
