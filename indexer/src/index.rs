@@ -1528,7 +1528,11 @@ mod tests {
             let proposals_before: Vec<_> =
                 (1..=4).map(|id| index.proposals_of(id).unwrap()).collect();
 
-            // Write the image records back in format 1, as a folder made before format 2 holds them.
+            assert!(
+                index.store.image_records_current().unwrap(),
+                "a new index has nothing to migrate"
+            );
+            // The image records written back in format 1, as older folders hold them.
             for image in index.images().collect::<Vec<_>>() {
                 let (id, rec) = image.unwrap();
                 let bytes = crate::records::encode_v1(&rec).unwrap();

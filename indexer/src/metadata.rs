@@ -845,7 +845,11 @@ mod tests {
         let json = serde_json::to_value(PhotoInfo::from(&plain)).unwrap();
         assert_eq!(
             json,
-            serde_json::json!({"taken": 1000, "taken_offset_minutes": 0, "taken_source": "file_modified"})
+            serde_json::json!({
+                "taken": 1000,
+                "taken_offset_minutes": 0,
+                "taken_source": "file_modified"
+            })
         );
     }
 }
