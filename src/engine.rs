@@ -152,6 +152,8 @@ pub struct ObjectHit {
     pub width: u32,
     /// Displayed image height.
     pub height: u32,
+    /// The photo's capture time, camera and GPS position, where known.
+    pub photo: spotter_indexer::PhotoInfo,
     #[serde(skip)]
     rank: f32,
 }
@@ -197,6 +199,8 @@ pub struct ImageHit {
     pub width: u32,
     /// Displayed height.
     pub height: u32,
+    /// The photo's capture time, camera and GPS position, where known.
+    pub photo: spotter_indexer::PhotoInfo,
     /// Matching boxes, best first.
     pub boxes: Vec<ObjectHit>,
 }
@@ -244,6 +248,7 @@ impl ImageHit {
             path: hit.path.clone(),
             width: hit.width,
             height: hit.height,
+            photo: hit.photo.clone(),
             boxes: vec![hit],
         }
     }
@@ -401,6 +406,7 @@ impl ObjectHit {
             path: record.rel_path.display(),
             width: record.width,
             height: record.height,
+            photo: record.photo.clone(),
             rank,
         }
     }

@@ -52,6 +52,7 @@ impl PhotoMatch {
             path: first.path,
             width: first.width,
             height: first.height,
+            photo: first.photo,
             boxes: self.boxes,
         })
     }

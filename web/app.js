@@ -120,6 +120,7 @@ function openViewer(position) {
   viewing = position;
   const dialog = $("viewer");
   $("viewer-title").textContent = `${img.path} (${img.width}×${img.height})`;
+  $("viewer-meta").textContent = photoLine(img.photo || {});
   $("viewer-position").textContent = `${position + 1} / ${shownImages.length}${state.next !== null ? "+" : ""}`;
   $("viewer-prev").disabled = position === 0;
   $("viewer-next").disabled = position === shownImages.length - 1 && state.next === null;
@@ -146,6 +147,25 @@ function openViewer(position) {
     list.appendChild(li);
   });
   if (!dialog.open) dialog.showModal();
+}
+
+// When, with what and where a photo was taken, as far as its metadata says.
+function photoLine(photo) {
+  const parts = [];
+  if (photo.taken !== undefined) {
+    let when = new Date(photo.taken * 1000).toISOString().slice(0, 16).replace("T", " ");
+    const offset = photo.taken_offset_minutes;
+    if (offset === 0) {
+      when += " UTC";
+    } else if (offset !== undefined) {
+      const sign = offset < 0 ? "-" : "+", abs = Math.abs(offset);
+      when += ` ${sign}${String(Math.floor(abs / 60)).padStart(2, "0")}:${String(abs % 60).padStart(2, "0")}`;
+    }
+    parts.push(`taken ${when}${photo.taken_source === "file_modified" ? " (file time)" : ""}`);
+  }
+  if (photo.camera) parts.push(photo.camera);
+  if (photo.gps) parts.push(`at ${photo.gps[0].toFixed(5)}, ${photo.gps[1].toFixed(5)}`);
+  return parts.join(" · ");
 }
 
 // The next or previous image of the results; past the last one loaded, the next page first.

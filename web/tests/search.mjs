@@ -87,6 +87,9 @@ try {
   check(viewer.natural[0] === 451 && viewer.natural[1] === 300, `full image is ${viewer.natural}`);
   check(viewer.boxes >= 1 && viewer.items.length === viewer.boxes, `viewer shows ${viewer.boxes} boxes, ${viewer.items.length} list items`);
   check(viewer.items[0].startsWith("cat: 0."), `viewer list: ${viewer.items[0]}`);
+  // The sample photos carry no EXIF: their capture time is the file's, and says so.
+  const meta = await page.textContent("#viewer-meta");
+  check(/^taken \d{4}-\d\d-\d\d \d\d:\d\d UTC \(file time\)$/.test(meta), `viewer metadata: ${meta}`);
   await page.screenshot({ path: join(out, "2-viewer.png") });
 
   // More like this: a new result grid from the box's own embedding.
