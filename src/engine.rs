@@ -418,6 +418,7 @@ pub struct SearchEngine {
     package: ModelPackage,
     text: TextTower,
     cache: TextCache,
+    image_tower: Option<Arc<crate::image_query::LazyImageTower>>,
 }
 
 impl SearchEngine {
@@ -435,6 +436,7 @@ impl SearchEngine {
             package,
             text,
             cache: TextCache::new(CACHE_CAPACITY),
+            image_tower: None,
         })
     }
 
@@ -589,6 +591,22 @@ impl SearchEngine {
     /// Runs a parsed text query. For an `&` query the hits are the matched boxes of each
     /// matching photo, photo by photo (best photo first, its boxes in the query's order).
     pub fn search(&self, query: &Query, params: &SearchParams) -> Result<SearchResult> {
+        self.search_mixed(query, &[], params)
+    }
+
+    /// [`SearchEngine::search`] with `examples` (concepts of an example image) as further
+    /// alternatives beside the query's own; the query may then have no text concept.
+    pub fn search_mixed(
+        &self,
+        query: &Query,
+        examples: &[Concept],
+        params: &SearchParams,
+    ) -> Result<SearchResult> {
+        if !query.together.is_empty() && !examples.is_empty() {
+            return Err(SpotterError::Usage(
+                "an & query cannot be mixed with an example image".into(),
+            ));
+        }
         if !query.together.is_empty() {
             let per_photo = query.together.len();
             let want = (params.offset + params.k + 1).div_ceil(per_photo);
@@ -634,9 +652,35 @@ impl SearchEngine {
         } else {
             0.0
         };
+        positives.extend(examples.iter().cloned());
+        if positives.is_empty() {
+            return Err(SpotterError::Usage(
+                "nothing to look for: give a text query or an example image".into(),
+            ));
+        }
         let mut result = self.concepts.run(&positives, &negatives, params, None)?;
         result.timings.text_ms = text_ms;
         Ok(result)
+    }
+
+    /// The concepts of an example image (see [`crate::image_query::example_concepts`]), with
+    /// the image tower this engine was given.
+    pub fn example_concepts(
+        &self,
+        bytes: &[u8],
+        region: Option<[f32; 4]>,
+        limits: spotter_model::DecodeLimits,
+    ) -> Result<Vec<Concept>> {
+        let tower = self.image_tower.as_ref().ok_or_else(|| {
+            SpotterError::Usage("this search engine has no image tower for example images".into())
+        })?;
+        crate::image_query::example_concepts(&*tower.get()?, bytes, region, limits)
+    }
+
+    /// Gives the engine an image tower (loaded at first use) for example-image queries.
+    pub fn with_image_tower(mut self, tower: Arc<crate::image_query::LazyImageTower>) -> Self {
+        self.image_tower = Some(tower);
+        self
     }
 
     /// "More like this": the proposal's own embedding direction is the query.
@@ -652,7 +696,18 @@ impl SearchEngine {
     /// Runs a query and groups its hits by image: each image with all its matching boxes,
     /// ranked by its best hit; `params.k`/`offset` count images.
     pub fn search_images(&self, query: &Query, params: &SearchParams) -> Result<ImageResult> {
-        if !query.together.is_empty() {
+        self.search_images_mixed(query, &[], params)
+    }
+
+    /// [`SearchEngine::search_images`] with example-image concepts (see
+    /// [`SearchEngine::search_mixed`]).
+    pub fn search_images_mixed(
+        &self,
+        query: &Query,
+        examples: &[Concept],
+        params: &SearchParams,
+    ) -> Result<ImageResult> {
+        if !query.together.is_empty() && examples.is_empty() {
             let page = self.together(query, params, params.offset + params.k + 1)?;
             let more = page.photos.len() > params.offset + params.k;
             return Ok(ImageResult {
@@ -675,7 +730,7 @@ impl SearchEngine {
         object_params.k = ((params.offset + params.k + 1) * 4).max(64);
         loop {
             params.cancel.check()?;
-            let result = self.search(query, &object_params)?;
+            let result = self.search_mixed(query, examples, &object_params)?;
             let complete = result.next_offset.is_none();
             let ImageResult {
                 images: groups,
@@ -705,16 +760,24 @@ impl SearchEngine {
 /// The "more like this" concept of proposal `id` with stored vector `stored`: its embedding's
 /// direction as a text query vector (so scores are on the model's own scale).
 fn similar_concept(scoring: &Scoring, id: u64, stored: &[f32]) -> Result<Concept> {
-    let parts = spotter_model::StoredVectorRef::new(stored).ok_or_else(|| {
-        SpotterError::from(spotter_indexer::IndexError::Corrupt {
+    if spotter_model::StoredVectorRef::new(stored).is_none() {
+        return Err(SpotterError::from(spotter_indexer::IndexError::Corrupt {
             what: format!("proposal {id}"),
             message: "its stored vector holds no embedding".into(),
-        })
-    })?;
+        }));
+    }
+    example_concept(scoring, format!("like #{id}"), stored)
+}
+
+/// The "more like this" concept of a stored vector (an indexed proposal's, or one the image
+/// tower just made of an example image), labelled `label`.
+pub(crate) fn example_concept(scoring: &Scoring, label: String, stored: &[f32]) -> Result<Concept> {
+    let parts = spotter_model::StoredVectorRef::new(stored)
+        .ok_or_else(|| SpotterError::Internal(format!("{label}: the vector holds no embedding")))?;
     let norm = parts.norm().max(1e-12);
     let t: Vec<f32> = parts.embedding().iter().map(|x| x / norm).collect();
     Ok(Concept {
-        label: format!("like #{id}"),
+        label,
         weight: 1.0,
         vector: Arc::new(scoring.query_vector(&t)),
     })

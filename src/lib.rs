@@ -8,6 +8,7 @@ pub mod draw;
 pub mod engine;
 pub mod error;
 pub mod eval;
+pub mod image_query;
 pub mod jobs;
 pub mod lru;
 pub mod query;

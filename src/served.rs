@@ -209,6 +209,46 @@ impl ServedIndex {
         answer(&url, response)
     }
 
+    /// `POST path` of a multipart form holding one file field `name` with `bytes`; the
+    /// answer as [`ServedIndex::get`] gives it.
+    pub fn post_file(&self, path: &str, name: &str, bytes: &[u8]) -> Result<serde_json::Value> {
+        let url = format!("{}{path}", self.record.url);
+        // A boundary that does not occur in the file.
+        let mut seed = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos() as u64);
+        let boundary = loop {
+            let candidate = format!("----spotter-{seed:016x}");
+            if !bytes
+                .windows(candidate.len())
+                .any(|w| w == candidate.as_bytes())
+            {
+                break candidate;
+            }
+            seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1);
+        };
+        let mut body = format!(
+            "--{boundary}\r\nContent-Disposition: form-data; name=\"{name}\"; filename=\"example\"\r\nContent-Type: application/octet-stream\r\n\r\n"
+        )
+        .into_bytes();
+        body.extend_from_slice(bytes);
+        body.extend_from_slice(format!("\r\n--{boundary}--\r\n").as_bytes());
+        let mut request = self.agent.post(&url).header(
+            "Content-Type",
+            format!("multipart/form-data; boundary={boundary}"),
+        );
+        if let Some(token) = &self.record.token {
+            request = request.header("Authorization", format!("Bearer {token}"));
+        }
+        let response = request
+            .send(&body[..])
+            .map_err(|source| SpotterError::Unreachable {
+                url: url.clone(),
+                source: Box::new(source),
+            })?;
+        answer(&url, response)
+    }
+
     /// Submits `spec` as a job and, unless `detach`, follows it until it ends, calling
     /// `progress` with each new state; returns the last state.
     pub fn run_job(

@@ -442,3 +442,166 @@ fn objects_together_find_the_photos_that_hold_every_concept_by_its_own_box() {
     assert!(!paths.contains(&"chelsea.png"), "{found}");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn example_images_and_regions_find_the_same_kind_of_object_and_are_never_kept() {
+    let dir = scratch("server-example");
+    index_samples(&dir);
+    let index = dir.join("index");
+    let files_before = dir_listing(&index);
+    let server = start(&index, &[]);
+    let base = &server.base;
+    let search = |query: &str, fields: &[(&str, &[u8])]| {
+        let (content_type, body) = multipart(fields);
+        let (status, _, answer) = post(
+            base,
+            &format!("/api/search/image{query}"),
+            &content_type,
+            &body,
+        );
+        (
+            status,
+            serde_json::from_slice::<serde_json::Value>(&answer).unwrap(),
+        )
+    };
+    let order = |found: &serde_json::Value| -> Vec<String> {
+        found["images"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|i| i["path"].as_str().unwrap().to_string())
+            .collect()
+    };
+    let rank = |paths: &[String], name: &str| paths.iter().position(|p| p == name);
+    let unrelated = ["chelsea.png", "coffee.png", "astronaut.png", "rocket.jpg"];
+
+    // A region around the motorcycle of one photo finds the other photo's motorcycle above
+    // every photo without one.
+    let left = std::fs::read(sample("motorcycle_left.png")).unwrap();
+    let (status, found) = search(
+        "?group=images&threshold=0&box=100,70,690,455",
+        &[("image", &left)],
+    );
+    assert_eq!(status, 200, "{found}");
+    let paths = order(&found);
+    let other = rank(&paths, "motorcycle_right.png").expect("the other motorcycle photo");
+    for name in unrelated {
+        assert!(
+            rank(&paths, name).is_none_or(|r| r > other),
+            "{name} above the other motorcycle: {paths:?}"
+        );
+    }
+    assert_eq!(found["images"][0]["boxes"][0]["concept"], "like the region");
+
+    // A crop of the cat, with no box: the cat photo comes first.
+    let cat = image::open(sample("chelsea.png"))
+        .unwrap()
+        .crop_imm(40, 10, 340, 280);
+    let mut png = std::io::Cursor::new(Vec::new());
+    cat.write_to(&mut png, image::ImageFormat::Png).unwrap();
+    let (status, found) = search("?group=images&threshold=0", &[("image", png.get_ref())]);
+    assert_eq!(status, 200, "{found}");
+    assert_eq!(order(&found)[0], "chelsea.png", "{found}");
+
+    // Mixed with text; an & query cannot be.
+    let (status, found) = search("?q=motorcycle%20-cat&threshold=0.3", &[("image", &left)]);
+    assert_eq!(status, 200, "{found}");
+    let (status, found) = search("?q=cat%20%26%20dog", &[("image", &left)]);
+    assert_eq!(status, 400, "{found}");
+
+    // Bad uploads get reasons.
+    for (query, fields, status, words) in [
+        ("", vec![("photo", &left[..])], 400, "unknown form field"),
+        ("", vec![], 400, "no form field named image"),
+        (
+            "",
+            vec![("image", &b"GIF89a-not-really"[..])],
+            400,
+            "not an image",
+        ),
+        ("?box=5,5,1,1", vec![("image", &left[..])], 400, "x2 > x1"),
+        (
+            "?box=5000,5000,6000,6000",
+            vec![("image", &left[..])],
+            400,
+            "outside",
+        ),
+    ] {
+        let (got, answer) = search(query, &fields);
+        assert_eq!(got, status, "{query}: {answer}");
+        assert!(
+            answer["error"].as_str().unwrap().contains(words),
+            "{answer}"
+        );
+    }
+    let huge = vec![0u8; 33 * 1024 * 1024];
+    let (content_type, body) = multipart(&[("image", &huge)]);
+    let (status, _, _) = post(base, "/api/search/image", &content_type, &body);
+    assert_eq!(status, 413);
+
+    // Nothing uploaded went into the index.
+    let (_, stats) = json(base, "/api/stats");
+    assert_eq!(stats["images"], 7, "{stats}");
+    drop(server);
+    assert_eq!(
+        dir_listing(&index),
+        files_before,
+        "the index folder changed"
+    );
+
+    // The command line does the same, on a closed and on a served index alike.
+    let cli = || {
+        run_ok(
+            spotter()
+                .env("RUST_LOG", "error")
+                .args([
+                    "search",
+                    "--device",
+                    "cpu",
+                    "--threshold",
+                    "0",
+                    "-k",
+                    "5",
+                    "--box",
+                    "100,70,690,455",
+                    "--image",
+                ])
+                .arg(sample("motorcycle_left.png"))
+                .arg("--index")
+                .arg(&index),
+        )
+    };
+    let closed = cli();
+    let server = start(&index, &[]);
+    assert_eq!(
+        String::from_utf8_lossy(&cli()),
+        String::from_utf8_lossy(&closed)
+    );
+    drop(server);
+    assert!(String::from_utf8_lossy(&closed).contains("motorcycle_right.png"));
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// The files of a folder (names and sizes, recursively), sorted; sled's files (`db/`), the
+/// server record and the jobs file excepted, since serving rewrites them.
+fn dir_listing(dir: &Path) -> Vec<String> {
+    fn walk(root: &Path, dir: &Path, out: &mut Vec<String>) {
+        for entry in std::fs::read_dir(dir).unwrap() {
+            let entry = entry.unwrap();
+            let path = entry.path();
+            let rel = path.strip_prefix(root).unwrap().display().to_string();
+            if rel == "db" || rel == "serve.json" || rel.starts_with("jobs") {
+                continue;
+            }
+            if entry.file_type().unwrap().is_dir() {
+                walk(root, &path, out);
+            } else {
+                out.push(format!("{rel} {}", entry.metadata().unwrap().len()));
+            }
+        }
+    }
+    let mut out = Vec::new();
+    walk(dir, dir, &mut out);
+    out.sort();
+    out
+}

@@ -490,6 +490,21 @@ fn the_openapi_document_is_valid_and_describes_every_live_answer() {
         r#"{"paths": ["relative.png"], "concepts": ["cat"]}"#,
     );
     assert_eq!(api.status_of_last(), 400);
+    let photo = std::fs::read(common::sample("motorcycle_left.png")).unwrap();
+    for (query, fields) in [
+        ("?group=images&threshold=0", vec![("image", &photo[..])]),
+        ("?box=100,70,690,455&k=3", vec![("image", &photo[..])]),
+        ("", vec![("image", &b"not an image"[..])]),
+    ] {
+        let (content_type, body) = http::multipart(&fields);
+        let answer = http::post(
+            &api.base,
+            &format!("/api/search/image{query}"),
+            &content_type,
+            &body,
+        );
+        api.record("post", "/api/search/image", answer);
+    }
     let stats = api.get("/api/stats", "/api/stats");
     assert_eq!(stats["failed"], 1, "{stats}");
     api.get("/api/failures", "/api/failures");

@@ -13,8 +13,18 @@ use crate::error::{Result, SpotterError};
 /// Arguments of `spotter search`.
 #[derive(Debug, Args)]
 pub struct SearchArgs {
-    /// What to look for: `cat`, `"red car"`, `cat, dog`, `cat -dog`, `2:cat, dog`.
-    pub query: String,
+    /// What to look for: `cat`, `"red car"`, `cat, dog`, `cat -dog`, `2:cat, dog`,
+    /// `cat & sofa` (optional with --image: then mixed in).
+    #[arg(required_unless_present = "image")]
+    pub query: Option<String>,
+    /// Search by example: objects like the ones the model sees in this photo (its three most
+    /// object-like, each as its own concept), or with --box like the one in that region. The
+    /// photo is only read, never indexed.
+    #[arg(long, value_name = "FILE")]
+    pub image: Option<PathBuf>,
+    /// With --image: `x1,y1,x2,y2` in the photo's displayed pixels (after EXIF rotation).
+    #[arg(long = "box", value_name = "X1,Y1,X2,Y2", requires = "image", value_parser = crate::image_query::parse_box)]
+    pub region: Option<[f32; 4]>,
     /// Index folder.
     #[arg(long, value_name = "DIR")]
     pub index: PathBuf,
@@ -52,7 +62,15 @@ pub struct SearchArgs {
 
 /// Runs `spotter search`.
 pub fn run(args: &SearchArgs) -> Result<()> {
-    let query = crate::query::parse(&args.query).map_err(SpotterError::Usage)?;
+    let query = match &args.query {
+        Some(text) => crate::query::parse(text).map_err(SpotterError::Usage)?,
+        None => crate::query::Query {
+            positives: Vec::new(),
+            negatives: Vec::new(),
+            together: Vec::new(),
+        },
+    };
+    let example = args.image.as_deref().map(read_example).transpose()?;
     if args.k == 0 || args.k > MAX_K {
         return Err(SpotterError::Usage(format!(
             "-k must be between 1 and {MAX_K}"
@@ -66,12 +84,21 @@ pub fn run(args: &SearchArgs) -> Result<()> {
         }
     }
     if let Some(server) = crate::served::find(&args.index)? {
-        return print_hits(args, &served_search(args, &server)?);
+        return print_hits(args, &served_search(args, &server, example.as_deref())?);
     }
     let index = Arc::new(Index::open(&args.index)?);
     let mut model = args.model.clone();
     model.model = index.meta().model.clone();
-    let engine = SearchEngine::new(index.clone(), model.package()?, &model.runtime(), 1)?;
+    let package = model.package()?;
+    let engine = SearchEngine::new(index.clone(), package.clone(), &model.runtime(), 1)?
+        .with_image_tower(Arc::new(crate::image_query::LazyImageTower::new(
+            package,
+            model.runtime(),
+        )));
+    let examples = match &example {
+        Some(bytes) => engine.example_concepts(bytes, args.region, Default::default())?,
+        None => Vec::new(),
+    };
     let params = SearchParams {
         k: args.k,
         offset: args.offset,
@@ -92,7 +119,7 @@ pub fn run(args: &SearchArgs) -> Result<()> {
         },
         cancel: crate::engine::Cancel::new(),
     };
-    let result = engine.search(&query, &params)?;
+    let result = engine.search_mixed(&query, &examples, &params)?;
     let mut hits = Vec::with_capacity(result.hits.len());
     for hit in &result.hits {
         // The full path for people: bytes that are not UTF-8 as `\xNN` (lossless, unlike
@@ -117,6 +144,23 @@ pub fn run(args: &SearchArgs) -> Result<()> {
     print_hits(args, &page)
 }
 
+/// The bytes of an example photo (`--image`), refused past the server's upload limit.
+fn read_example(path: &std::path::Path) -> Result<Vec<u8>> {
+    let io = |source| SpotterError::Io {
+        path: path.to_path_buf(),
+        source,
+    };
+    let size = std::fs::metadata(path).map_err(io)?.len();
+    let limit = crate::image_query::MAX_EXAMPLE_BYTES as u64;
+    if size > limit {
+        return Err(SpotterError::Usage(format!(
+            "{} is {size} bytes; an example image may have at most {limit}",
+            path.display()
+        )));
+    }
+    std::fs::read(path).map_err(io)
+}
+
 /// `--after` / `--before`: checked here, kept as given (the server parses it the same way).
 fn wall_clock(text: &str) -> std::result::Result<String, String> {
     crate::server::parse_wall_clock(text)
@@ -133,14 +177,24 @@ struct Page {
 
 /// The same search on the server that holds the index: its page, with full paths made from
 /// the server's archive roots (`roots[hit.root]`) and the hits' paths inside them.
-fn served_search(args: &SearchArgs, server: &crate::served::ServedIndex) -> Result<Page> {
+fn served_search(
+    args: &SearchArgs,
+    server: &crate::served::ServedIndex,
+    example: Option<&[u8]>,
+) -> Result<Page> {
     use crate::served::encode;
-    let mut query = format!(
-        "/api/search?q={}&k={}&offset={}",
-        encode(&args.query),
-        args.k,
-        args.offset
-    );
+    let route = if example.is_some() {
+        "/api/search/image"
+    } else {
+        "/api/search"
+    };
+    let mut query = format!("{route}?k={}&offset={}", args.k, args.offset);
+    if let Some(text) = &args.query {
+        query.push_str(&format!("&q={}", encode(text)));
+    }
+    if let Some(b) = args.region {
+        query.push_str(&format!("&box={},{},{},{}", b[0], b[1], b[2], b[3]));
+    }
     if let Some(t) = args.threshold {
         query.push_str(&format!("&threshold={t}"));
     }
@@ -159,7 +213,10 @@ fn served_search(args: &SearchArgs, server: &crate::served::ServedIndex) -> Resu
             query.push_str(&format!("&{name}={}", encode(value)));
         }
     }
-    let answer = server.get(&query)?;
+    let answer = match example {
+        Some(bytes) => server.post_file(&query, "image", bytes)?,
+        None => server.get(&query)?,
+    };
     let stats = server.get("/api/stats")?;
     let roots: Vec<&str> = stats["roots"]
         .as_array()

@@ -8,11 +8,12 @@ use std::time::Duration;
 
 use clap::Args;
 use spotter_indexer::{Index, IndexRequest, IndexSettings};
-use spotter_model::{ImageTower, ProposalParams};
+use spotter_model::ProposalParams;
 
 use super::ModelArgs;
 use crate::engine::SearchEngine;
 use crate::error::{Result, SpotterError};
+use crate::image_query::LazyImageTower;
 use crate::server::{serve, ServerConfig};
 
 /// Arguments of `spotter serve`.
@@ -112,11 +113,10 @@ fn token_of(args: &ServeArgs) -> Result<Option<String>> {
 fn job_runner(
     index: Arc<Index>,
     package: spotter_model::ModelPackage,
-    runtime: spotter_model::RuntimeOptions,
+    towers: Arc<LazyImageTower>,
     limits: spotter_model::DecodeLimits,
 ) -> Box<crate::jobs::Runner> {
     use crate::jobs::JobSpec;
-    let tower: std::sync::Mutex<Option<Arc<ImageTower>>> = std::sync::Mutex::new(None);
     Box::new(move |spec, control| {
         let (roots, retry_failed, allow_deletions, walk) = match spec {
             JobSpec::Compact => {
@@ -155,23 +155,13 @@ fn job_runner(
                 Default::default(),
             ),
         };
-        let tower = {
-            let mut loaded = tower
-                .lock()
-                .map_err(|_| SpotterError::Internal("the image tower lock is poisoned".into()))?;
-            match &*loaded {
-                Some(tower) => tower.clone(),
-                None => {
-                    control.report(crate::jobs::JobProgress {
-                        message: "loading the image model".into(),
-                        ..Default::default()
-                    });
-                    let fresh = Arc::new(ImageTower::load(&package, &runtime)?);
-                    *loaded = Some(fresh.clone());
-                    fresh
-                }
-            }
-        };
+        if !towers.is_loaded() {
+            control.report(crate::jobs::JobProgress {
+                message: "loading the image model".into(),
+                ..Default::default()
+            });
+        }
+        let tower = towers.get()?;
         let mut request =
             IndexRequest::new(roots, ProposalParams::from(&package.manifest.proposals));
         request.batch = tower.fixed_batch().unwrap_or(request.batch);
@@ -237,16 +227,16 @@ pub fn run(args: &ServeArgs) -> Result<()> {
     let package = model.package()?;
     // A few text sessions so concurrent cold queries do not queue behind one.
     let sessions = std::thread::available_parallelism().map_or(2, |n| n.get().min(4));
-    let engine = Arc::new(SearchEngine::new(
-        index.clone(),
-        package.clone(),
-        &model.runtime(),
-        sessions,
-    )?);
+    // One image tower, loaded at the first index job or example-image search.
+    let towers = Arc::new(LazyImageTower::new(package.clone(), model.runtime()));
+    let engine = Arc::new(
+        SearchEngine::new(index.clone(), package.clone(), &model.runtime(), sessions)?
+            .with_image_tower(towers.clone()),
+    );
 
     let jobs = crate::jobs::Jobs::start(
         &args.index,
-        job_runner(index.clone(), package.clone(), model.runtime(), limits),
+        job_runner(index.clone(), package.clone(), towers, limits),
     )?;
     if !args.archives.is_empty() {
         let roots = args

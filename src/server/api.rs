@@ -84,6 +84,25 @@ pub struct ProposalsResponse {
     pub images: Vec<Option<Vec<crate::eval::EvalProposal>>>,
 }
 
+/// `POST /api/search/image`'s multipart form (`box` and `q` may be in the query string
+/// instead).
+#[derive(ToSchema)]
+#[allow(dead_code)] // Documentation only: the route reads the fields from the multipart stream.
+pub struct ExampleUpload {
+    /// The example photo (JPEG, PNG, WebP, …; at most 32 MiB and the server's pixel limit).
+    /// It is held in memory for the request only, never written to disk or the index.
+    #[schema(value_type = String, format = Binary)]
+    image: Vec<u8>,
+    /// `x1,y1,x2,y2` in the example's displayed pixels: search for the object the model sees
+    /// there (the proposal that covers it best). Without it, the example's three most
+    /// object-like proposals are searched for, each as its own concept.
+    #[schema(example = "40,30,400,290")]
+    r#box: Option<String>,
+    /// Text to mix in (`red car -truck`): its concepts are alternatives beside the example's,
+    /// its negatives apply to all. `&` queries cannot be mixed with an example.
+    q: Option<String>,
+}
+
 /// The text parameter of `GET /api/search` (with [`PageParameters`]; read by
 /// `params::parse_search`).
 #[derive(IntoParams)]
@@ -233,6 +252,7 @@ impl Modify for BearerToken {
     paths(
         super::search,
         super::similar,
+        super::search_by_image,
         super::proposals,
         super::original,
         super::thumbnail,
@@ -303,6 +323,7 @@ mod tests {
         for route in [
             "/api/search",
             "/api/similar/{proposal}",
+            "/api/search/image",
             "/api/proposals",
             "/api/images/{id}",
             "/api/thumbs/{id}",

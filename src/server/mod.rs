@@ -81,6 +81,7 @@ struct AppState {
     thumbs: ThumbCache,
     files: VerifiedFiles,
     file_work: Arc<Semaphore>,
+    decode_limits: DecodeLimits,
 }
 
 /// A JSON error response.
@@ -167,6 +168,7 @@ pub fn router(
         ),
         files: VerifiedFiles::new(config.thumb_cache_entries.max(1024)),
         file_work: Arc::new(Semaphore::new(MAX_FILE_WORK)),
+        decode_limits: config.decode_limits,
     });
     Router::new()
         .route("/", get(page_html))
@@ -190,6 +192,14 @@ pub fn router(
             axum::routing::post(proposals).layer(tower_http::limit::RequestBodyLimitLayer::new(
                 MAX_PROPOSALS_BODY,
             )),
+        )
+        .route(
+            "/api/search/image",
+            axum::routing::post(search_by_image).layer(
+                tower_http::limit::RequestBodyLimitLayer::new(
+                    crate::image_query::MAX_EXAMPLE_BYTES + 64 * 1024,
+                ),
+            ),
         )
         .fallback(not_found)
         .layer(middleware::from_fn_with_state(
@@ -548,6 +558,93 @@ async fn similar(
     })
     .await?;
     Ok(Json(page))
+}
+
+/// Objects like an example photo, or like a region of it (`box`), optionally mixed with text
+/// (`q`); scored as "more like this" is. The upload is never written anywhere.
+#[utoipa::path(post, path = "/api/search/image", tag = "search",
+    params(api::PageParameters),
+    request_body(content = api::ExampleUpload, content_type = "multipart/form-data"),
+    responses(
+        (status = 200, description = "A page of hits", body = api::SearchPage),
+        (status = 400, description = "No image, not an image, a bad box or parameter, or no object in it", body = api::ErrorBody),
+        (status = 413, description = "An upload over 32 MiB", body = api::ErrorBody),
+    ))]
+async fn search_by_image(
+    State(state): State<Arc<AppState>>,
+    Extension(cancel): Extension<Cancel>,
+    Query(mut raw): Query<RawParams>,
+    multipart: Result<axum::extract::Multipart, axum::extract::multipart::MultipartRejection>,
+) -> ApiResult<Json<api::SearchPage>> {
+    let bad = |message: String| ApiError(StatusCode::BAD_REQUEST, message);
+    let mut multipart = multipart.map_err(|e| {
+        bad(format!(
+            "send the example as multipart/form-data with a field named image ({e})"
+        ))
+    })?;
+    let mut image: Option<axum::body::Bytes> = None;
+    loop {
+        let field = match multipart.next_field().await {
+            Ok(Some(field)) => field,
+            Ok(None) => break,
+            Err(e) => return Err(upload_error(e)),
+        };
+        let name = field.name().unwrap_or("").to_string();
+        match name.as_str() {
+            "image" => image = Some(field.bytes().await.map_err(upload_error)?),
+            "box" | "q" => {
+                let text = field.text().await.map_err(upload_error)?;
+                raw.entry(name).or_insert(text);
+            }
+            other => {
+                return Err(bad(format!(
+                    "unknown form field '{}': send image, and optionally box and q",
+                    other.escape_debug()
+                )))
+            }
+        }
+    }
+    let image = image.ok_or_else(|| bad("no form field named image (the example photo)".into()))?;
+    let region = match raw.get("box").map(|b| b.trim()).filter(|b| !b.is_empty()) {
+        Some(text) => Some(crate::image_query::parse_box(text).map_err(bad)?),
+        None => None,
+    };
+    let query = match raw.get("q").map(|q| q.trim()).filter(|q| !q.is_empty()) {
+        Some(text) => crate::query::parse(text).map_err(bad)?,
+        None => crate::query::Query {
+            positives: Vec::new(),
+            negatives: Vec::new(),
+            together: Vec::new(),
+        },
+    };
+    let (_, mut params, group_images) = parse_search(&raw, false).map_err(bad)?;
+    params.cancel = cancel;
+    let (engine, limits) = (state.engine.clone(), state.decode_limits);
+    let page = blocking(move || {
+        let examples = engine.example_concepts(&image, region, limits)?;
+        params.cancel.check()?;
+        Ok(if group_images {
+            api::SearchPage::Images(engine.search_images_mixed(&query, &examples, &params)?)
+        } else {
+            api::SearchPage::Objects(engine.search_mixed(&query, &examples, &params)?)
+        })
+    })
+    .await?;
+    Ok(Json(page))
+}
+
+/// A multipart upload that could not be read: too large (413) or malformed (400).
+fn upload_error(e: axum::extract::multipart::MultipartError) -> ApiError {
+    let status = e.status();
+    let status = if status == StatusCode::PAYLOAD_TOO_LARGE {
+        status
+    } else {
+        StatusCode::BAD_REQUEST
+    };
+    ApiError(
+        status,
+        format!("the upload could not be read: {}", e.body_text()),
+    )
 }
 
 /// Every proposal of the given indexed images, with the model's probability for each concept
