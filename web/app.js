@@ -7,7 +7,7 @@ const $ = (id) => document.getElementById(id);
 const grid = $("grid"), status = $("status"), input = $("q"), slider = $("threshold");
 const PAGE = 40;
 
-let state = { query: "", similar: null, offset: 0, next: 0, loading: false, generation: 0, threshold: null };
+let state = { query: "", similar: null, example: null, offset: 0, next: 0, loading: false, generation: 0, threshold: null };
 // The images shown, in grid order, and which one the viewer holds (for ← and →).
 let shownImages = [];
 let viewing = -1;
@@ -26,6 +26,42 @@ async function api(path, payload) {
   try { body = await res.json(); } catch { body = { error: res.statusText }; }
   if (!res.ok) throw new Error(body.error || res.statusText);
   return body;
+}
+
+// POST of a multipart form (an example image), answered like api().
+async function apiForm(path, form) {
+  const res = await fetch(withToken(path), { method: "POST", headers: token ? { Authorization: "Bearer " + token } : {}, body: form });
+  let body;
+  try { body = await res.json(); } catch { body = { error: res.statusText }; }
+  if (!res.ok) throw new Error(body.error || res.statusText);
+  return body;
+}
+
+// The filter bar: capture dates (from, until: both days included), camera, folder.
+const FILTERS = ["after", "until", "camera", "path"];
+function filterValues() {
+  const v = {};
+  for (const name of FILTERS) {
+    const value = $(`f-${name}`).value.trim();
+    if (value) v[name] = value;
+  }
+  return v;
+}
+function addFilters(q) {
+  const v = filterValues();
+  if (v.after) q.set("after", v.after);
+  if (v.until) q.set("before", new Date(Date.parse(v.until + "T00:00:00Z") + 86400000).toISOString().slice(0, 10));
+  if (v.camera) q.set("camera", v.camera);
+  if (v.path) q.set("path", v.path);
+}
+// The page's URL holds the search and its filters, so a search is a link.
+function syncUrl() {
+  const url = new URLSearchParams();
+  if (state.similar !== null) url.set("similar", state.similar);
+  else if (state.query && !state.example) url.set("q", state.query);
+  for (const [name, value] of Object.entries(filterValues())) url.set(name, value);
+  if (token) url.set("token", token);
+  history.replaceState(null, "", url.toString() ? `?${url}` : location.pathname);
 }
 
 function setStatus(text, isError = false) {
@@ -74,19 +110,30 @@ function card(img) {
 }
 
 async function load(reset) {
-  if (!state.query && state.similar === null) return;
+  if (!state.query && state.similar === null && !state.example) return;
   if (!reset && (state.loading || state.next === null)) return;
   const generation = reset ? ++state.generation : state.generation;
   if (reset) { state.offset = 0; state.next = 0; grid.replaceChildren(); shownImages = []; }
   state.loading = true;
   const q = new URLSearchParams({ k: PAGE, offset: state.next, group: "images" });
   if (state.threshold !== null) q.set("threshold", state.threshold);
-  const path = state.similar !== null
-    ? `/api/similar/${state.similar}?${q}`
-    : `/api/search?${q}&q=${encodeURIComponent(state.query)}`;
-  if (reset) setStatus("Searching…");
+  addFilters(q);
+  let request;
+  if (state.example) {
+    if (state.example.box) q.set("box", state.example.box.map((v) => Math.round(v)).join(","));
+    if (state.query) q.set("q", state.query);
+    const form = new FormData();
+    form.append("image", state.example.blob, "example");
+    request = () => apiForm(`/api/search/image?${q}`, form);
+  } else if (state.similar !== null) {
+    request = () => api(`/api/similar/${state.similar}?${q}`);
+  } else {
+    q.set("q", state.query);
+    request = () => api(`/api/search?${q}`);
+  }
+  if (reset) setStatus(state.example ? `Searching for objects ${state.example.label}…` : "Searching…");
   try {
-    const result = await api(path);
+    const result = await request();
     if (generation !== state.generation) return;
     result.images.forEach((img) => grid.appendChild(card(img)));
     state.next = result.next_offset;
@@ -95,7 +142,7 @@ async function load(reset) {
     if (shown === 0) {
       setStatus(`Nothing scored ${result.threshold.toFixed(2)} or more. Try other words or lower the min score.`);
     } else {
-      setStatus(`${shown}${state.next !== null ? "+" : ""} ${shown === 1 && state.next === null ? "image" : "images"} · text ${t.text_ms.toFixed(0)} ms, index ${t.ann_ms.toFixed(0)} ms, records ${t.meta_ms.toFixed(0)} ms`);
+      setStatus(`${shown}${state.next !== null ? "+" : ""} ${shown === 1 && state.next === null ? "image" : "images"}${state.example ? " with objects " + state.example.label : ""} · text ${t.text_ms.toFixed(0)} ms, index ${t.ann_ms.toFixed(0)} ms, records ${t.meta_ms.toFixed(0)} ms`);
     }
   } catch (err) {
     if (generation === state.generation) {
@@ -139,8 +186,9 @@ function openViewer(position) {
     more.addEventListener("click", () => {
       dialog.close();
       state.similar = b.proposal;
+      state.example = null;
       input.value = "";
-      history.replaceState(null, "", `?similar=${b.proposal}${token ? "&token=" + encodeURIComponent(token) : ""}`);
+      syncUrl();
       load(true);
     });
     li.appendChild(more);
@@ -201,10 +249,8 @@ $("search-form").addEventListener("submit", (e) => { e.preventDefault(); clearTi
 function search(text) {
   state.query = text.trim();
   state.similar = null;
-  const url = new URLSearchParams();
-  if (state.query) url.set("q", state.query);
-  if (token) url.set("token", token);
-  history.replaceState(null, "", url.toString() ? `?${url}` : location.pathname);
+  state.example = null;
+  syncUrl();
   if (!state.query) { grid.replaceChildren(); setStatus("Type what you are looking for: cat, \"red car\", bike -person, 2:dog, cat"); return; }
   load(true);
 }
@@ -214,6 +260,89 @@ slider.addEventListener("change", () => {
   $("threshold-value").textContent = Number(slider.value).toFixed(2);
   state.threshold = Number(slider.value);
   load(true);
+});
+
+// A changed filter runs the current search again (and goes into the URL).
+for (const name of FILTERS) {
+  $(`f-${name}`).addEventListener("change", () => { syncUrl(); load(true); });
+}
+$("filters").addEventListener("submit", (e) => { e.preventDefault(); syncUrl(); load(true); });
+
+// Search by example: an image (and a region of it) instead of, or with, text.
+function searchByExample(blob, box, label) {
+  state.example = { blob, box, label };
+  state.similar = null;
+  syncUrl();
+  load(true);
+}
+
+// Draw a rectangle on the viewer's image to search for objects like that region.
+(function regionDrawing() {
+  const pic = $("viewer-img"), svg = $("viewer-boxes");
+  let start = null, rect = null;
+  const at = (e) => {
+    const r = pic.getBoundingClientRect();
+    return [Math.min(Math.max(e.clientX - r.left, 0), r.width), Math.min(Math.max(e.clientY - r.top, 0), r.height)];
+  };
+  pic.addEventListener("pointerdown", (e) => {
+    if (viewing < 0 || e.button !== 0) return;
+    e.preventDefault();
+    pic.setPointerCapture(e.pointerId);
+    start = at(e);
+    rect = document.createElementNS("http://www.w3.org/2000/svg", "rect");
+    rect.setAttribute("class", "drawing");
+    svg.appendChild(rect);
+  });
+  pic.addEventListener("pointermove", (e) => {
+    if (!start) return;
+    const [x, y] = at(e);
+    const img = shownImages[viewing];
+    const scale = img.width / pic.getBoundingClientRect().width;
+    rect.setAttribute("x", Math.min(x, start[0]) * scale);
+    rect.setAttribute("y", Math.min(y, start[1]) * scale);
+    rect.setAttribute("width", Math.abs(x - start[0]) * scale);
+    rect.setAttribute("height", Math.abs(y - start[1]) * scale);
+  });
+  pic.addEventListener("pointerup", async (e) => {
+    if (!start) return;
+    const [x, y] = at(e);
+    const from = start;
+    start = null;
+    rect.remove();
+    if (Math.abs(x - from[0]) < 8 || Math.abs(y - from[1]) < 8) return; // a click, not a box
+    const img = shownImages[viewing];
+    const scale = img.width / pic.getBoundingClientRect().width;
+    const box = [Math.min(x, from[0]), Math.min(y, from[1]), Math.max(x, from[0]), Math.max(y, from[1])].map((v) => v * scale);
+    try {
+      const res = await fetch(withToken(`/api/images/${img.image}`), { headers: token ? { Authorization: "Bearer " + token } : {} });
+      if (!res.ok) throw new Error(`the image could not be read (${res.status})`);
+      const blob = await res.blob();
+      $("viewer").close();
+      input.value = "";
+      state.query = "";
+      searchByExample(blob, box, `like the region of ${img.path}`);
+    } catch (err) {
+      setStatus(err.message, true);
+    }
+  });
+})();
+
+// Drop or paste an image onto the page to search by it.
+function exampleFile(list) {
+  return [...(list || [])].find((f) => f.type.startsWith("image/"));
+}
+document.addEventListener("dragover", (e) => { if (e.dataTransfer && [...e.dataTransfer.types].includes("Files")) e.preventDefault(); });
+document.addEventListener("drop", (e) => {
+  const file = exampleFile(e.dataTransfer && e.dataTransfer.files);
+  if (!file) return;
+  e.preventDefault();
+  searchByExample(file, null, `like ${file.name || "the dropped image"}`);
+});
+document.addEventListener("paste", (e) => {
+  const file = exampleFile(e.clipboardData && e.clipboardData.files);
+  if (!file) return;
+  e.preventDefault();
+  searchByExample(file, null, "like the pasted image");
 });
 
 document.addEventListener("keydown", (e) => {
@@ -288,6 +417,7 @@ $("jobs-rescan").addEventListener("click", () => api("/api/jobs", { kind: "resca
 $("jobs").addEventListener("toggle", refreshJobs);
 
 (async function init() {
+  for (const name of FILTERS) if (params.get(name)) $(`f-${name}`).value = params.get(name);
   refreshJobs();
   try {
     const stats = await api("/api/stats");

@@ -1,6 +1,7 @@
 // Browser test of the search page in real headless Chromium (Debian's /usr/bin/chromium, driven
 // by playwright-core): type a query, see the photo with a box on the object, open it, ask for
-// more like it, check error and empty states, a phone-sized screen, and a clean console.
+// more like it, walk results with the keyboard, filter, draw a region and drop an image to search
+// by example, check error and empty states, a phone-sized screen, and a clean console.
 //
 //   node web/tests/search.mjs BASE_URL OUT_DIR
 // Exits non-zero with a message on the first failed check; screenshots go to OUT_DIR.
@@ -119,6 +120,65 @@ try {
   check((await title()).startsWith(paths[0]), "← past the first result");
   await page.keyboard.press("Escape");
   await page.waitForFunction(() => !document.getElementById("viewer").open);
+
+  // The filter bar: it narrows the search, goes into the URL, and empty results say so.
+  const settled = (query) => page.waitForFunction((q) => location.search.includes(q)
+    && !document.getElementById("status").textContent.startsWith("Searching"), query);
+  const setFilter = async (id, value) => { await page.fill(id, value); await page.dispatchEvent(id, "change"); };
+  await page.fill("#q", "person");
+  await settled("q=person");
+  await setFilter("#f-camera", "no-such-camera");
+  await page.waitForFunction(() => location.search.includes("camera=no-such-camera")
+    && document.getElementById("status").textContent.includes("Nothing scored"));
+  await setFilter("#f-camera", "");
+  await setFilter("#f-until", "2000-01-01");
+  await page.waitForFunction(() => location.search.includes("until=2000-01-01")
+    && document.getElementById("status").textContent.includes("Nothing scored"));
+  await setFilter("#f-until", "");
+  await setFilter("#f-after", "2000-01-01");
+  await page.waitForFunction(() => location.search.includes("after=2000-01-01")
+    && document.querySelectorAll("#grid .card").length > 0);
+  await page.screenshot({ path: join(out, "7-filters.png") });
+  await setFilter("#f-after", "");
+
+  // Draw a box around the motorcycle of one photo: the other motorcycle photo comes up above
+  // the photos without one.
+  await page.fill("#q", "motorcycle");
+  await settled("q=motorcycle");
+  await page.click("#grid .card:has(.path:text-is('motorcycle_left.png'))");
+  await page.waitForSelector("#viewer[open]");
+  await page.waitForFunction(() => document.getElementById("viewer-img").naturalWidth > 0);
+  const r = await page.$eval("#viewer-img", (el) => { const b = el.getBoundingClientRect(); return { x: b.x, y: b.y, w: b.width, h: b.height }; });
+  const sx = r.w / 741, sy = r.h / 500;
+  await page.mouse.move(r.x + 100 * sx, r.y + 70 * sy);
+  await page.mouse.down();
+  await page.mouse.move(r.x + 400 * sx, r.y + 260 * sy, { steps: 4 });
+  await page.mouse.move(r.x + 690 * sx, r.y + 455 * sy, { steps: 4 });
+  await page.mouse.up();
+  await page.waitForFunction(() => !document.getElementById("viewer").open
+    && document.getElementById("status").textContent.includes("with objects like the region"));
+  const regionPaths = await page.$$eval("#grid .card .path", (els) => els.map((e) => e.textContent));
+  const other = regionPaths.indexOf("motorcycle_right.png");
+  check(other >= 0, `region search: ${regionPaths}`);
+  for (const name of ["chelsea.png", "coffee.png", "astronaut.png", "rocket.jpg"]) {
+    const at = regionPaths.indexOf(name);
+    check(at === -1 || at > other, `region search ranks ${name} above the other motorcycle: ${regionPaths}`);
+  }
+  await page.screenshot({ path: join(out, "8-region.png") });
+
+  // Drop an image file onto the page: the cat photo is found by it.
+  await page.evaluate(async () => {
+    const found = await (await fetch("/api/search?q=cat&group=images")).json();
+    const bytes = await (await fetch(`/api/images/${found.images[0].image}`)).blob();
+    const file = new File([bytes], "my-cat.png", { type: "image/png" });
+    const transfer = new DataTransfer();
+    transfer.items.add(file);
+    document.body.dispatchEvent(new DragEvent("drop", { dataTransfer: transfer, bubbles: true, cancelable: true }));
+  });
+  await page.waitForFunction(() => document.getElementById("status").textContent.includes("with objects like my-cat.png"));
+  const dropFirst = await page.textContent("#grid .card .path");
+  check(dropFirst === "chelsea.png", `dropped cat image: first result ${dropFirst}`);
+  await page.screenshot({ path: join(out, "9-drop.png") });
 
   // Errors are shown, not thrown.
   expectErrors = true;
