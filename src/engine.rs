@@ -88,9 +88,35 @@ pub struct SearchParams {
     pub ef: Option<usize>,
     /// Restrictions.
     pub filters: Filters,
+    /// The order of the hits.
+    pub sort: SortOrder,
     /// Stops the search between steps once cancelled (the server cancels a request that timed
     /// out or whose client went away, so its work does not go on in the background).
     pub cancel: Cancel,
+}
+
+/// How hits are ordered.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum SortOrder {
+    /// Best match first (the default).
+    #[default]
+    Score,
+    /// Newest capture time first (photos with no known time last; ties by score). Every
+    /// match above the threshold is gathered first, so this costs more on broad queries.
+    Time,
+}
+
+/// Orders hits as `sort` says (ties by proposal id, so the order is total).
+fn sort_hits(hits: &mut [ObjectHit], sort: SortOrder) {
+    hits.sort_by(|a, b| {
+        let by_time = match sort {
+            SortOrder::Score => std::cmp::Ordering::Equal,
+            SortOrder::Time => b.photo.taken.cmp(&a.photo.taken),
+        };
+        by_time
+            .then(b.rank.total_cmp(&a.rank))
+            .then(a.proposal.cmp(&b.proposal))
+    });
 }
 
 /// A cancellation flag shared between a request and the work it started.
@@ -339,8 +365,10 @@ impl ConceptSearch {
                 }
             }
             timings.meta_ms += t.elapsed().as_secs_f64() * 1e3;
-            if hits.len() >= want || exhausted || fetch >= total {
-                hits.sort_by(|a, b| b.rank.total_cmp(&a.rank).then(a.proposal.cmp(&b.proposal)));
+            // Sorting by time needs every match; by score, the best `want` are enough.
+            let enough = params.sort == SortOrder::Score && hits.len() >= want;
+            if enough || exhausted || fetch >= total {
+                sort_hits(&mut hits, params.sort);
                 let more = hits.len() > params.offset + params.k;
                 let page: Vec<ObjectHit> = hits
                     .into_iter()
@@ -609,7 +637,10 @@ impl SearchEngine {
         }
         if !query.together.is_empty() {
             let per_photo = query.together.len();
-            let want = (params.offset + params.k + 1).div_ceil(per_photo);
+            let want = match params.sort {
+                SortOrder::Score => (params.offset + params.k + 1).div_ceil(per_photo),
+                SortOrder::Time => usize::MAX,
+            };
             let page = self.together(query, params, want)?;
             let threshold = params
                 .threshold
@@ -708,7 +739,11 @@ impl SearchEngine {
         params: &SearchParams,
     ) -> Result<ImageResult> {
         if !query.together.is_empty() && examples.is_empty() {
-            let page = self.together(query, params, params.offset + params.k + 1)?;
+            let want = match params.sort {
+                SortOrder::Score => params.offset + params.k + 1,
+                SortOrder::Time => usize::MAX,
+            };
+            let page = self.together(query, params, want)?;
             let more = page.photos.len() > params.offset + params.k;
             return Ok(ImageResult {
                 images: page
@@ -920,6 +955,7 @@ mod tests {
             threshold: None,
             ef: None,
             filters: Filters::default(),
+            sort: SortOrder::Score,
             cancel: Cancel::new(),
         }
     }
@@ -1131,6 +1167,36 @@ mod tests {
                 offset = result.next_offset;
             }
             assert_eq!(got, want);
+        }
+    }
+
+    #[test]
+    fn sorting_by_time_orders_every_match_newest_first() {
+        let (_dir, search) = index(600);
+        let mut rng = Rng(17);
+        let positives = [concept("a", 1.0, rng.unit())];
+        let mut p = params(7, 3);
+        p.sort = SortOrder::Time;
+        let by_score = exact(&search, &positives, &[], &p);
+        // The exact order by time: image ids grow with capture time here.
+        let mut want = by_score.clone();
+        want.sort_by(|a, b| {
+            let image = |id: u64| spotter_indexer::records::image_of_proposal(id);
+            image(b.0).cmp(&image(a.0)).then(std::cmp::Ordering::Equal)
+        });
+        let got = search.run(&positives, &[], &p, None).unwrap();
+        let images: Vec<u64> = got.hits.iter().map(|h| h.image).collect();
+        let expected: Vec<u64> = want[3..10]
+            .iter()
+            .map(|(id, _, _)| spotter_indexer::records::image_of_proposal(*id))
+            .collect();
+        assert_eq!(images, expected);
+        assert!(got.next_offset.is_some());
+        // Within a photo, the better match first.
+        for pair in got.hits.windows(2) {
+            if pair[0].image == pair[1].image {
+                assert!(pair[0].score >= pair[1].score);
+            }
         }
     }
 

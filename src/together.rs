@@ -22,7 +22,9 @@ use std::time::Instant;
 use spotter_indexer::records::{image_of_proposal, proposal_id};
 use spotter_model::scoring::dot;
 
-use crate::engine::{Concept, ConceptSearch, ImageHit, ObjectHit, SearchParams, Timings};
+use crate::engine::{
+    Concept, ConceptSearch, ImageHit, ObjectHit, SearchParams, SortOrder, Timings,
+};
 use crate::error::Result;
 
 /// Most `&` terms in one query.
@@ -140,7 +142,16 @@ impl ConceptSearch {
                 .cloned()
                 .collect();
             if photos.len() >= want || everything {
-                photos.sort_by(|a, b| b.rank.total_cmp(&a.rank).then(a.image.cmp(&b.image)));
+                let taken = |m: &PhotoMatch| m.boxes.first().and_then(|b| b.photo.taken);
+                photos.sort_by(|a, b| {
+                    let by_time = match params.sort {
+                        SortOrder::Score => std::cmp::Ordering::Equal,
+                        SortOrder::Time => taken(b).cmp(&taken(a)),
+                    };
+                    by_time
+                        .then(b.rank.total_cmp(&a.rank))
+                        .then(a.image.cmp(&b.image))
+                });
                 return Ok(TogetherPage {
                     photos,
                     complete: everything,

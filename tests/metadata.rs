@@ -402,3 +402,126 @@ fn an_index_of_record_format_1_migrates_on_open_without_the_model() {
         "{report}"
     );
 }
+
+/// The photos `spotter search --json` returns (file names), in order.
+fn searched(index: &Path, args: &[&str]) -> Vec<String> {
+    let out = run_ok(
+        spotter()
+            .env("RUST_LOG", "error")
+            .args([
+                "search",
+                "--device",
+                "cpu",
+                "--json",
+                "-k",
+                "100",
+                "--threshold",
+                "0",
+            ])
+            .args(args)
+            .arg("--index")
+            .arg(index),
+    );
+    let mut seen = Vec::new();
+    for line in String::from_utf8_lossy(&out).lines() {
+        let hit: Value = serde_json::from_str(line).unwrap();
+        let name = Path::new(hit["path"].as_str().unwrap())
+            .file_name()
+            .unwrap()
+            .to_string_lossy()
+            .to_string();
+        if !seen.contains(&name) {
+            seen.push(name);
+        }
+    }
+    seen
+}
+
+#[test]
+fn date_camera_filters_and_time_order_follow_the_exif_written_into_the_photos() {
+    let dir = scratch("metadata-filters");
+    let (archive, index) = (dir.join("photos"), dir.join("index"));
+    std::fs::create_dir_all(&archive).unwrap();
+    // (file, EXIF capture time, camera model); every photo shows something "person"-like.
+    let photos = [
+        ("a.jpg", "2019:06:15 14:30:05", "Canon EOS 5D"),
+        ("b.jpg", "2021:01:02 08:00:00", "NIKON D750"),
+        ("c.jpg", "2021:12:31 23:59:59", "Canon EOS R5"),
+        ("d.jpg", "2023:03:04 10:00:00", "NIKON Z 6"),
+    ];
+    for (name, when, model) in photos {
+        let make = model.split(' ').next().unwrap();
+        photo(
+            "astronaut.png",
+            &archive.join(name),
+            &["--datetime", when, "--make", make, "--model", model],
+        );
+    }
+    run_ok(&mut common::index_command(&archive, &index));
+    let all = searched(&index, &["person"]);
+    assert_eq!(all.len(), 4, "{all:?}");
+    let mut sorted = all.clone();
+    sorted.sort();
+    // Each filter against the photos whose written EXIF passes it.
+    assert_eq!(
+        searched(
+            &index,
+            &["person", "--after", "2021-01-01", "--before", "2022-01-01"]
+        )
+        .len(),
+        2
+    );
+    let mut in_2021 = searched(
+        &index,
+        &["person", "--after", "2021-01-01", "--before", "2022-01-01"],
+    );
+    in_2021.sort();
+    assert_eq!(in_2021, ["b.jpg", "c.jpg"]);
+    // The boundary: at or after `after`, strictly before `before`, by the photo's own clock.
+    let mut edge = searched(
+        &index,
+        &[
+            "person",
+            "--after",
+            "2021-12-31T23:59:59",
+            "--before",
+            "2023-03-04T10:00:00",
+        ],
+    );
+    edge.sort();
+    assert_eq!(edge, ["c.jpg"]);
+    let mut canon = searched(&index, &["person", "--camera", "canon eos"]);
+    canon.sort();
+    assert_eq!(canon, ["a.jpg", "c.jpg"]);
+    assert_eq!(
+        searched(&index, &["person", "--camera", "leica"]),
+        Vec::<String>::new()
+    );
+    // Newest first.
+    assert_eq!(
+        searched(&index, &["person", "--sort", "time"]),
+        ["d.jpg", "c.jpg", "b.jpg", "a.jpg"]
+    );
+    // The same through a server holding the index, and on the API.
+    let server = common::http::start(&index, &[]);
+    assert_eq!(
+        searched(&index, &["person", "--sort", "time", "--camera", "nikon"]),
+        ["d.jpg", "b.jpg"]
+    );
+    let (status, page) = common::http::json(
+        &server.base,
+        "/api/search?q=person&threshold=0&group=images&sort=time&after=2020-01-01",
+    );
+    assert_eq!(status, 200, "{page}");
+    let names: Vec<&str> = page["images"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i["path"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["d.jpg", "c.jpg", "b.jpg"]);
+    assert_eq!(page["images"][0]["photo"]["camera"], "NIKON Z 6");
+    assert_eq!(page["images"][0]["photo"]["taken_source"], "exif");
+    drop(server);
+    let _ = std::fs::remove_dir_all(&dir);
+}

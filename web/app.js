@@ -38,7 +38,7 @@ async function apiForm(path, form) {
 }
 
 // The filter bar: capture dates (from, until: both days included), camera, folder.
-const FILTERS = ["after", "until", "camera", "path"];
+const FILTERS = ["after", "until", "camera", "path", "sort"];
 function filterValues() {
   const v = {};
   for (const name of FILTERS) {
@@ -53,6 +53,7 @@ function addFilters(q) {
   if (v.until) q.set("before", new Date(Date.parse(v.until + "T00:00:00Z") + 86400000).toISOString().slice(0, 10));
   if (v.camera) q.set("camera", v.camera);
   if (v.path) q.set("path", v.path);
+  if (v.sort) q.set("sort", v.sort);
 }
 // The page's URL holds the search and its filters, so a search is a link.
 function syncUrl() {

@@ -53,6 +53,10 @@ pub struct SearchArgs {
     /// Only photos whose camera (EXIF make and model) contains this, ignoring case.
     #[arg(long, value_name = "TEXT")]
     pub camera: Option<String>,
+    /// Order: `score` (best first) or `time` (newest capture time first; gathers every match
+    /// above the threshold first).
+    #[arg(long, value_enum, default_value_t = SortArg::Score)]
+    pub sort: SortArg,
     /// Print JSON lines.
     #[arg(long)]
     pub json: bool,
@@ -117,6 +121,10 @@ pub fn run(args: &SearchArgs) -> Result<()> {
             camera: args.camera.clone().filter(|c| !c.trim().is_empty()),
             ..Default::default()
         },
+        sort: match args.sort {
+            SortArg::Score => crate::engine::SortOrder::Score,
+            SortArg::Time => crate::engine::SortOrder::Time,
+        },
         cancel: crate::engine::Cancel::new(),
     };
     let result = engine.search_mixed(&query, &examples, &params)?;
@@ -142,6 +150,15 @@ pub fn run(args: &SearchArgs) -> Result<()> {
         next_offset: result.next_offset,
     };
     print_hits(args, &page)
+}
+
+/// `--sort`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum SortArg {
+    /// Best match first.
+    Score,
+    /// Newest capture time first.
+    Time,
 }
 
 /// The bytes of an example photo (`--image`), refused past the server's upload limit.
@@ -203,6 +220,9 @@ fn served_search(
     }
     if let Some(prefix) = &args.path {
         query.push_str(&format!("&path={}", encode(prefix)));
+    }
+    if args.sort == SortArg::Time {
+        query.push_str("&sort=time");
     }
     for (name, value) in [
         ("after", &args.after),

@@ -156,6 +156,11 @@ pub struct PageParameters {
     /// ignoring case.
     #[param(example = "canon")]
     camera: Option<String>,
+    /// `score` (default: best match first) or `time` (newest capture time first, photos with
+    /// no known time last; every match above the threshold is gathered, so broad queries
+    /// cost more).
+    #[param(pattern = "^(score|time)$")]
+    sort: Option<String>,
 }
 
 /// The names of the parameters documented for the search routes (tests check that

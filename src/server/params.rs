@@ -105,6 +105,16 @@ pub fn parse_search(
             ))
         }
     };
+    let sort = match raw.get("sort").map(String::as_str) {
+        None | Some("" | "score") => crate::engine::SortOrder::Score,
+        Some("time") => crate::engine::SortOrder::Time,
+        Some(other) => {
+            return Err(format!(
+                "sort must be 'score' or 'time', not '{}'",
+                other.escape_debug()
+            ))
+        }
+    };
     let filters = Filters {
         path_prefix: raw.get("path").filter(|p| !p.is_empty()).cloned(),
         root: number(raw, "root")?,
@@ -126,6 +136,7 @@ pub fn parse_search(
             threshold,
             ef,
             filters,
+            sort,
             cancel: crate::engine::Cancel::new(),
         },
         group_images,

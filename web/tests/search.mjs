@@ -138,7 +138,12 @@ try {
   await setFilter("#f-after", "2000-01-01");
   await page.waitForFunction(() => location.search.includes("after=2000-01-01")
     && document.querySelectorAll("#grid .card").length > 0);
+  await page.selectOption("#f-sort", "time");
+  await page.waitForFunction(() => location.search.includes("sort=time")
+    && !document.getElementById("status").textContent.startsWith("Searching")
+    && document.querySelectorAll("#grid .card").length > 0);
   await page.screenshot({ path: join(out, "7-filters.png") });
+  await page.selectOption("#f-sort", "");
   await setFilter("#f-after", "");
 
   // Draw a box around the motorcycle of one photo: the other motorcycle photo comes up above
