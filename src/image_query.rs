@@ -72,6 +72,17 @@ pub fn parse_box(text: &str) -> std::result::Result<[f32; 4], String> {
     }
 }
 
+/// The ranking weight of the example's concepts beside the text's (as `2:` weighs a text
+/// concept): above 0, at most 100.
+pub fn parse_weight(text: &str) -> std::result::Result<f32, String> {
+    match text.trim().parse::<f32>() {
+        Ok(w) if w.is_finite() && w > 0.0 && w <= 100.0 => Ok(w),
+        _ => Err(format!(
+            "weight '{text}' must be a number above 0 and at most 100"
+        )),
+    }
+}
+
 fn iou(a: [f32; 4], b: [f32; 4]) -> f32 {
     let w = (a[2].min(b[2]) - a[0].max(b[0])).max(0.0);
     let h = (a[3].min(b[3]) - a[1].max(b[1])).max(0.0);
@@ -159,6 +170,8 @@ mod tests {
         assert!(parse_box("5,5,1,9").unwrap_err().contains("x2 > x1"));
         assert!(parse_box("a,b,c,d").is_err());
         assert!(parse_box("0,0,NaN,4").is_err());
+        assert_eq!(parse_weight("2"), Ok(2.0));
+        assert!(parse_weight("0").is_err() && parse_weight("101").is_err());
         assert!((iou([0.0, 0.0, 2.0, 2.0], [1.0, 1.0, 3.0, 3.0]) - 1.0 / 7.0).abs() < 1e-6);
     }
 }

@@ -503,9 +503,24 @@ fn example_images_and_regions_find_the_same_kind_of_object_and_are_never_kept() 
     assert_eq!(status, 200, "{found}");
     assert_eq!(order(&found)[0], "chelsea.png", "{found}");
 
-    // Mixed with text; an & query cannot be.
+    // Mixed with text, the weights decide which side ranks first; an & query cannot be mixed.
+    let region = "group=images&threshold=0.3&box=100,70,690,455";
+    let (status, found) = search(&format!("?q=cat&weight=0.01&{region}"), &[("image", &left)]);
+    assert_eq!(status, 200, "{found}");
+    assert_eq!(order(&found)[0], "chelsea.png", "text weighs more: {found}");
+    let (_, found) = search(&format!("?q=cat&weight=3&{region}"), &[("image", &left)]);
+    assert!(
+        order(&found)[0].starts_with("motorcycle_"),
+        "the example weighs more: {found}"
+    );
+    assert!(
+        order(&found).contains(&"chelsea.png".to_string()),
+        "{found}"
+    );
     let (status, found) = search("?q=motorcycle%20-cat&threshold=0.3", &[("image", &left)]);
     assert_eq!(status, 200, "{found}");
+    let (status, found) = search("?weight=0", &[("image", &left)]);
+    assert_eq!(status, 400, "{found}");
     let (status, found) = search("?q=cat%20%26%20dog", &[("image", &left)]);
     assert_eq!(status, 400, "{found}");
 

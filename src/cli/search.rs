@@ -25,6 +25,9 @@ pub struct SearchArgs {
     /// With --image: `x1,y1,x2,y2` in the photo's displayed pixels (after EXIF rotation).
     #[arg(long = "box", value_name = "X1,Y1,X2,Y2", requires = "image", value_parser = crate::image_query::parse_box)]
     pub region: Option<[f32; 4]>,
+    /// With --image: its ranking weight beside the text query's concepts (as `2:` weighs one).
+    #[arg(long, value_name = "W", requires = "image", value_parser = crate::image_query::parse_weight)]
+    pub image_weight: Option<f32>,
     /// Index folder.
     #[arg(long, value_name = "DIR")]
     pub index: PathBuf,
@@ -99,10 +102,13 @@ pub fn run(args: &SearchArgs) -> Result<()> {
             package,
             model.runtime(),
         )));
-    let examples = match &example {
+    let mut examples = match &example {
         Some(bytes) => engine.example_concepts(bytes, args.region, Default::default())?,
         None => Vec::new(),
     };
+    if let Some(w) = args.image_weight {
+        examples.iter_mut().for_each(|c| c.weight = w);
+    }
     let params = SearchParams {
         k: args.k,
         offset: args.offset,
@@ -211,6 +217,9 @@ fn served_search(
     }
     if let Some(b) = args.region {
         query.push_str(&format!("&box={},{},{},{}", b[0], b[1], b[2], b[3]));
+    }
+    if let Some(w) = args.image_weight {
+        query.push_str(&format!("&weight={w}"));
     }
     if let Some(t) = args.threshold {
         query.push_str(&format!("&threshold={t}"));

@@ -84,8 +84,8 @@ pub struct ProposalsResponse {
     pub images: Vec<Option<Vec<crate::eval::EvalProposal>>>,
 }
 
-/// `POST /api/search/image`'s multipart form (`box` and `q` may be in the query string
-/// instead).
+/// `POST /api/search/image`'s multipart form (`box`, `q` and `weight` may be in the query
+/// string instead).
 #[derive(ToSchema)]
 #[allow(dead_code)] // Documentation only: the route reads the fields from the multipart stream.
 pub struct ExampleUpload {
@@ -101,6 +101,10 @@ pub struct ExampleUpload {
     /// Text to mix in (`red car -truck`): its concepts are alternatives beside the example's,
     /// its negatives apply to all. `&` queries cannot be mixed with an example.
     q: Option<String>,
+    /// The example's ranking weight beside the text's concepts (as `2:` weighs a text concept;
+    /// above 0, at most 100; default 1).
+    #[schema(example = 2.0)]
+    weight: Option<f32>,
 }
 
 /// The text parameter of `GET /api/search` (with [`PageParameters`]; read by

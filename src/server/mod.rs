@@ -592,13 +592,13 @@ async fn search_by_image(
         let name = field.name().unwrap_or("").to_string();
         match name.as_str() {
             "image" => image = Some(field.bytes().await.map_err(upload_error)?),
-            "box" | "q" => {
+            "box" | "q" | "weight" => {
                 let text = field.text().await.map_err(upload_error)?;
                 raw.entry(name).or_insert(text);
             }
             other => {
                 return Err(bad(format!(
-                    "unknown form field '{}': send image, and optionally box and q",
+                    "unknown form field '{}': send image, and optionally box, q and weight",
                     other.escape_debug()
                 )))
             }
@@ -617,11 +617,20 @@ async fn search_by_image(
             together: Vec::new(),
         },
     };
+    let weight = match raw
+        .get("weight")
+        .map(|w| w.trim())
+        .filter(|w| !w.is_empty())
+    {
+        None => 1.0,
+        Some(text) => crate::image_query::parse_weight(text).map_err(bad)?,
+    };
     let (_, mut params, group_images) = parse_search(&raw, false).map_err(bad)?;
     params.cancel = cancel;
     let (engine, limits) = (state.engine.clone(), state.decode_limits);
     let page = blocking(move || {
-        let examples = engine.example_concepts(&image, region, limits)?;
+        let mut examples = engine.example_concepts(&image, region, limits)?;
+        examples.iter_mut().for_each(|c| c.weight = weight);
         params.cancel.check()?;
         Ok(if group_images {
             api::SearchPage::Images(engine.search_images_mixed(&query, &examples, &params)?)
