@@ -47,10 +47,12 @@ pub enum Command {
     /// proposal in the index folder, recognises moved and copied files by content and removes
     /// deleted ones. Interrupt it at any time: the next run continues where it stopped.
     Index(index::IndexArgs),
-    /// Search an index by text and print the best matching objects.
+    /// Search an index by text or by an example image and print the best matching objects.
     ///
     /// Query language: `cat`; `"red car"`; `cat, dog` (either); `cat -dog` (drop objects that
-    /// look more like a dog); `2:cat, dog` (rank cat matches higher).
+    /// look more like a dog); `2:cat, dog` (rank cat matches higher); `cat & sofa` (photos
+    /// holding both, each by its own box). By example: `--image photo.jpg [--box x1,y1,x2,y2]`.
+    /// Narrow with `--after`, `--before`, `--camera`, `--path`; `--sort time` for newest first.
     Search(search::SearchArgs),
     /// Serve the search page and the HTTP API over an index.
     ///
