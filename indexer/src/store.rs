@@ -88,7 +88,7 @@ impl Store {
                     IndexError::Invalid(format!(
                         "the index {} is open in another Spotter process: a `spotter index` or \
                      `eval` run (wait for it to end), or a server that does not answer (search, \
-                     stats, index and compact reach a running server by themselves)",
+                     stats, eval, index and compact reach a running server by themselves)",
                         dir.display()
                     ))
                 }
