@@ -584,6 +584,23 @@ impl SearchEngine {
         Ok(out)
     }
 
+    /// The query vectors of `query`'s negatives (and whether all came from the cache).
+    fn negatives_of(
+        &self,
+        query: &Query,
+        params: &SearchParams,
+        uncached: &mut bool,
+    ) -> Result<Vec<Arc<Vec<f32>>>> {
+        let mut out = Vec::with_capacity(query.negatives.len());
+        for n in &query.negatives {
+            params.cancel.check()?;
+            let (v, hit) = self.query_vector(n)?;
+            *uncached |= !hit;
+            out.push(v);
+        }
+        Ok(out)
+    }
+
     /// At least `want` photos holding every term of an `&` query (fewer when no more exist).
     fn together(
         &self,
@@ -597,13 +614,7 @@ impl SearchEngine {
         for term in &query.together {
             requirements.push(self.concepts_of(term, params, &mut uncached)?);
         }
-        let mut negatives = Vec::new();
-        for n in &query.negatives {
-            params.cancel.check()?;
-            let (v, hit) = self.query_vector(n)?;
-            uncached |= !hit;
-            negatives.push(v);
-        }
+        let negatives = self.negatives_of(query, params, &mut uncached)?;
         let text_ms = if uncached {
             t0.elapsed().as_secs_f64() * 1e3
         } else {
@@ -660,24 +671,8 @@ impl SearchEngine {
         }
         let t0 = Instant::now();
         let mut uncached = false;
-        let mut positives = Vec::new();
-        for c in &query.positives {
-            params.cancel.check()?;
-            let (vector, hit) = self.query_vector(&c.text)?;
-            uncached |= !hit;
-            positives.push(Concept {
-                label: c.text.clone(),
-                weight: c.weight,
-                vector,
-            });
-        }
-        let mut negatives = Vec::new();
-        for n in &query.negatives {
-            params.cancel.check()?;
-            let (v, hit) = self.query_vector(n)?;
-            uncached |= !hit;
-            negatives.push(v);
-        }
+        let mut positives = self.concepts_of(&query.positives, params, &mut uncached)?;
+        let negatives = self.negatives_of(query, params, &mut uncached)?;
         let text_ms = if uncached {
             t0.elapsed().as_secs_f64() * 1e3
         } else {
